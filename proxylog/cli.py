@@ -1,0 +1,147 @@
+"""The `proxylog` command: serve, check (more subcommands join as they are built)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from proxylog import __version__
+from proxylog.config import LOG_LEVELS, Config, ConfigError, load_config, parse_host_port
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_INVALID = 2
+
+DESCRIPTION = """\
+proxylog sits in front of Puma as a reverse proxy (built on mitmproxy) and writes one
+redacted, ECS-shaped JSON access record per request to stdout, files and collectors.
+"""
+
+SERVE_EPILOG = """\
+examples:
+  proxylog serve --upstream http://127.0.0.1:3000 --listen 127.0.0.1:8080
+  proxylog serve --config /etc/proxylog/proxylog.yaml
+  proxylog serve --config proxylog.yaml --mode transparent@8080
+
+Flags override the config file. Records go to the sinks in the config (stdout by
+default); proxylog's own diagnostics go to stderr. SIGTERM or SIGINT stops accepting,
+lets in-flight requests finish (timeouts.drain), flushes the sinks and exits 0; a second
+signal exits at once.
+"""
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    try:
+        return parse_host_port(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT like 127.0.0.1:8080, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="proxylog",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"proxylog {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy in front of Puma",
+        description="Run proxylog as a reverse proxy in front of Puma.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--config", "-c", metavar="FILE", help="YAML config (default: built-in defaults)")
+    serve.add_argument("--upstream", metavar="URL", help="where Puma listens, e.g. http://127.0.0.1:3000")
+    serve.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        type=_host_port,
+        help="address to accept clients on (default 127.0.0.1:8080)",
+    )
+    serve.add_argument(
+        "--mode",
+        metavar="SPEC",
+        action="append",
+        dest="modes",
+        help="a mitmproxy mode spec (e.g. transparent@8080) served instead of reverse; repeatable",
+    )
+    serve.add_argument(
+        "--enforce", action="store_true", help="start in enforce mode (default: the config's mode)"
+    )
+    serve.add_argument(
+        "--log-level", choices=LOG_LEVELS, help="stderr diagnostics level"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    check = commands.add_parser(
+        "check",
+        help="validate a config file without starting",
+        description="Validate a config file. Exit 0 if valid, 2 if not (the message names the key path).",
+    )
+    check.add_argument("file", metavar="FILE")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path) if path else Config()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from proxylog.mitm.master import proxy_modes
+
+    config = load_config(args.file)
+    proxy_modes(config)
+    print(f"{args.file}: ok ({len(config.sinks)} sinks)")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from proxylog._logging import setup_logging
+    from proxylog.mitm.master import LeanMaster, proxy_modes
+
+    config = _load(args.config).with_overrides(
+        upstream=args.upstream,
+        listen=args.listen,
+        modes=tuple(args.modes) if args.modes else None,
+        mode="enforce" if args.enforce else None,
+    )
+    if args.log_level:
+        config = replace(config, log=replace(config.log, level=args.log_level))
+    proxy_modes(config)  # validate before anything starts
+    listener = setup_logging(config.log)
+
+    async def main() -> None:
+        master = LeanMaster(config)
+        master.install_signal_handlers()
+        await master.run()
+
+    try:
+        asyncio.run(main())
+    finally:
+        listener.stop()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ConfigError as e:
+        print(f"proxylog: invalid configuration: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

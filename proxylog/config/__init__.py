@@ -1,0 +1,221 @@
+"""YAML → frozen specs, validated whole; every error names the key path (``sinks[1].path: …``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from proxylog.config._reader import IPNetwork, Node, parse_duration, parse_host_port, parse_size
+from proxylog.config.sinks import FileSpec, SinkSpec, StdoutSpec, parse_sinks
+from proxylog.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "FileSpec",
+    "LimitSpec",
+    "LogSpec",
+    "RecordSpec",
+    "SinkSpec",
+    "StdoutSpec",
+    "TimeoutSpec",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_host_port",
+    "parse_size",
+]
+
+Mode = Literal["monitor", "enforce"]
+MODES: tuple[Mode, ...] = ("monitor", "enforce")
+Schema = Literal["nested", "flat"]
+SCHEMAS: tuple[Schema, ...] = ("nested", "flat")
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutSpec:
+    """Seconds: upstream = request end → response headers; drain = shutdown grace; idle = keep-alive."""
+
+    upstream: float = 60.0
+    drain: float = 30.0
+    idle: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """Body handling: bodies over `stream_threshold` are streamed and counted, never stored."""
+
+    body_size: int | None = None
+    stream_threshold: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSpec:
+    """Which headers a record captures (lower-case names) and how long any string may be."""
+
+    headers: tuple[str, ...] = ("referer", "content-type")
+    response_headers: tuple[str, ...] = ("content-type",)
+    max_field_bytes: int = 4096
+    schema: Schema = "nested"
+
+
+@dataclass(frozen=True, slots=True)
+class LogSpec:
+    """proxylog's and mitmproxy's own diagnostics on stderr (never the access records)."""
+
+    level: LogLevel = "warning"
+    max_line_bytes: int = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration; `proxylog serve` flags are applied with `replace`."""
+
+    upstream: str | None = "http://127.0.0.1:3000"
+    listen: tuple[str, int] = ("127.0.0.1", 8080)
+    modes: tuple[str, ...] = ()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    mode: Mode = "monitor"
+    timeouts: TimeoutSpec = field(default_factory=TimeoutSpec)
+    limits: LimitSpec = field(default_factory=LimitSpec)
+    record: RecordSpec = field(default_factory=RecordSpec)
+    sinks: tuple[SinkSpec, ...] = (StdoutSpec(type="stdout", name="stdout"),)
+    log: LogSpec = field(default_factory=LogSpec)
+    state_dir: str = field(default_factory=lambda: default_state_dir())
+    source: str | None = None
+
+    def with_overrides(self, **changes: Any) -> Config:
+        """A copy with command-line overrides applied (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def default_state_dir() -> str:
+    """``$STATE_DIRECTORY`` (systemd), else ``$XDG_STATE_HOME/proxylog`` or ~/.local/state."""
+    if state := os.environ.get("STATE_DIRECTORY"):
+        return state.split(":")[0]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "proxylog")
+
+
+_TOP_KEYS = frozenset(
+    {
+        "upstream",
+        "listen",
+        "modes",
+        "trusted_proxies",
+        "mode",
+        "timeouts",
+        "limits",
+        "record",
+        "sinks",
+        "log",
+        "state_dir",
+    }
+)
+
+
+def parse_config(data: Any, source: str | None = None) -> Config:
+    """Validate a parsed YAML document into a Config; raises ConfigError naming the key path."""
+    root = Node({} if data is None else data)
+    fields = root.fields(_TOP_KEYS)
+    kwargs: dict[str, Any] = {"source": source}
+    if "upstream" in fields:
+        kwargs["upstream"] = fields.require("upstream").url(("http", "https"))
+    if "listen" in fields:
+        kwargs["listen"] = fields.require("listen").host_port()
+    if "modes" in fields:
+        kwargs["modes"] = fields.require("modes").strings()
+    if "trusted_proxies" in fields:
+        kwargs["trusted_proxies"] = fields.require("trusted_proxies").networks()
+    if "mode" in fields:
+        kwargs["mode"] = fields.require("mode").choice(MODES)
+    if "timeouts" in fields:
+        kwargs["timeouts"] = _parse_timeouts(fields.require("timeouts"))
+    if "limits" in fields:
+        kwargs["limits"] = _parse_limits(fields.require("limits"))
+    if "record" in fields:
+        kwargs["record"] = _parse_record(fields.require("record"))
+    if "sinks" in fields:
+        kwargs["sinks"] = parse_sinks(fields.require("sinks"))
+    if "log" in fields:
+        kwargs["log"] = _parse_log(fields.require("log"))
+    if "state_dir" in fields:
+        kwargs["state_dir"] = os.path.expanduser(fields.require("state_dir").string())
+    return Config(**kwargs)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML file; raises ConfigError for unreadable or invalid files."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("", f"cannot read {os.fspath(path)}: {e}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{os.fspath(path)} is not valid YAML: {e}") from e
+    return parse_config(data, source=os.fspath(path))
+
+
+def _parse_timeouts(node: Node) -> TimeoutSpec:
+    fields = node.fields({"upstream", "drain", "idle"})
+    defaults = TimeoutSpec()
+    return TimeoutSpec(
+        upstream=_opt(fields.get("upstream"), lambda n: n.duration(min=0.001), defaults.upstream),
+        drain=_opt(fields.get("drain"), lambda n: n.duration(), defaults.drain),
+        idle=_opt(fields.get("idle"), lambda n: n.duration(min=1), defaults.idle),
+    )
+
+
+def _parse_limits(node: Node) -> LimitSpec:
+    fields = node.fields({"body_size", "stream_threshold"})
+    defaults = LimitSpec()
+    return LimitSpec(
+        body_size=_opt(fields.get("body_size"), lambda n: n.size(min=1), defaults.body_size),
+        stream_threshold=_opt(
+            fields.get("stream_threshold"), lambda n: n.size(min=1), defaults.stream_threshold
+        ),
+    )
+
+
+def _parse_record(node: Node) -> RecordSpec:
+    fields = node.fields({"headers", "response_headers", "max_field_bytes", "schema"})
+    defaults = RecordSpec()
+    return RecordSpec(
+        headers=_opt(fields.get("headers"), _header_names, defaults.headers),
+        response_headers=_opt(fields.get("response_headers"), _header_names, defaults.response_headers),
+        max_field_bytes=_opt(
+            fields.get("max_field_bytes"), lambda n: n.size(min=64), defaults.max_field_bytes
+        ),
+        schema=_opt(fields.get("schema"), lambda n: n.choice(SCHEMAS), defaults.schema),
+    )
+
+
+def _parse_log(node: Node) -> LogSpec:
+    fields = node.fields({"level", "max_line_bytes"})
+    defaults = LogSpec()
+    return LogSpec(
+        level=_opt(fields.get("level"), lambda n: n.choice(LOG_LEVELS), defaults.level),
+        max_line_bytes=_opt(fields.get("max_line_bytes"), lambda n: n.size(min=80), defaults.max_line_bytes),
+    )
+
+
+def _header_names(node: Node) -> tuple[str, ...]:
+    names = []
+    for item in node.items():
+        name = item.string().strip().lower()
+        if not name.isascii() or any(c in name for c in ' \t:"(),/;<=>?@[\\]{}'):
+            item.fail(f"not a valid header name: {item.value!r}")
+        names.append(name)
+    return tuple(dict.fromkeys(names))
+
+
+def _opt[T](node: Node | None, parse: Callable[[Node], T], default: T) -> T:
+    return default if node is None else parse(node)

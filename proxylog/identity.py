@@ -1,0 +1,101 @@
+"""Who the client is: the TCP peer, unless the peer is a trusted proxy (then X-Forwarded-For)."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cachetools import LRUCache
+
+from proxylog.config._reader import IPNetwork
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """An address with IPv4-mapped IPv6 unwrapped and any zone id dropped; None if invalid."""
+    try:
+        addr = ipaddress.ip_address(text.strip().split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def normalize_ip(text: str) -> str:
+    """The canonical text of an address (``::ffff:1.2.3.4`` → ``1.2.3.4``), or `text` if invalid."""
+    addr = parse_ip(text)
+    return text if addr is None else str(addr)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIdentity:
+    """`ip` is the client; `chain` is the forwarding chain from it to the peer, both trusted."""
+
+    ip: str
+    peer: str
+    chain: tuple[str, ...]
+
+
+class TrustedProxies:
+    """Resolves the real client behind a CIDR list of trusted proxies.
+
+    Only when the TCP peer is trusted is X-Forwarded-For read, right to left: trusted hops
+    are skipped and the first untrusted hop is the client. A hop that is not an IP address
+    stops the walk and the last trusted hop is blamed, so garbage can never name a client.
+    """
+
+    def __init__(self, networks: Iterable[IPNetwork]) -> None:
+        self.networks = tuple(networks)
+        self._cache: LRUCache[str, bool] = LRUCache(maxsize=4096)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def is_trusted(self, ip: str) -> bool:
+        trusted = self._cache.get(ip)
+        if trusted is None:
+            addr = parse_ip(ip)
+            trusted = addr is not None and any(addr in net for net in self.networks)
+            self._cache[ip] = trusted
+        return trusted
+
+    def resolve(self, peer: str, forwarded_for: Iterable[str]) -> ClientIdentity:
+        """The client for a request from `peer` carrying these X-Forwarded-For header values."""
+        peer = normalize_ip(peer)
+        if not self.networks or not self.is_trusted(peer):
+            return ClientIdentity(peer, peer, (peer,))
+        hops = [hop for value in forwarded_for for hop in value.split(",")]
+        chain = [peer]
+        for hop in reversed(hops):
+            addr = parse_ip(hop)
+            if addr is None:
+                break
+            ip = str(addr)
+            chain.append(ip)
+            if not self.is_trusted(ip):
+                break
+        chain.reverse()
+        return ClientIdentity(chain[0], peer, tuple(chain))
+
+
+_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+_REQUEST_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:@+=/"
+MAX_REQUEST_ID = 128
+
+
+def new_request_id() -> str:
+    """A 26-character, time-ordered request id: 48 bits of milliseconds + 80 random bits,
+    in Crockford base32 (ULID-style, so ids sort by arrival)."""
+    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
+    return base64.b32encode(raw).translate(_CROCKFORD)[:26].decode("ascii")
+
+
+def is_valid_request_id(value: str) -> bool:
+    """True for 1 to 128 characters of letters, digits and ``-_.:@+=/`` (what Rails keeps too)."""
+    return 0 < len(value) <= MAX_REQUEST_ID and not value.strip(_REQUEST_ID_CHARS)

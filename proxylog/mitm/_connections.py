@@ -1,0 +1,57 @@
+"""The two places proxylog reaches below mitmproxy's addon API, kept together on purpose.
+
+mitmproxy has no hook to answer a request with a status of our choosing once the upstream
+failed (it sends its own 502 page), none to bound the wait for upstream response headers,
+and a response set in `requestheaders` still waits for the whole request body. Both helpers
+use the proxyserver addon's live connection table, the same one its `inject.*` commands use.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import ctx, http
+from mitmproxy.proxy.mode_servers import ProxyConnectionHandler
+
+logger = logging.getLogger("proxylog")
+
+
+def _handler(flow: http.HTTPFlow) -> ProxyConnectionHandler | None:
+    proxyserver = ctx.master.addons.get("proxyserver")
+    if proxyserver is None:
+        return None
+    return proxyserver.connections.get(flow.client_conn.id)
+
+
+def can_write_raw(flow: http.HTTPFlow) -> bool:
+    """True when the client speaks HTTP/1 and proxylog may write a whole response itself."""
+    return flow.request.http_version.startswith("HTTP/1") and _handler(flow) is not None
+
+
+def write_to_client(flow: http.HTTPFlow, data: bytes) -> bool:
+    """Queue raw bytes on the client connection (HTTP/1 only); False if it is gone."""
+    handler = _handler(flow)
+    if handler is None:
+        return False
+    io = handler.transports.get(flow.client_conn)
+    if io is None or io.writer is None or io.writer.is_closing():
+        return False
+    io.writer.write(data)
+    return True
+
+
+def abort_upstream(flow: http.HTTPFlow, reason: str) -> bool:
+    """Close this client connection's upstream connection(s), pending connects included.
+
+    mitmproxy then fires the flow's `error` hook, where proxylog answers the client.
+    In reverse mode an HTTP/1 client has at most one upstream connection at a time.
+    """
+    handler = _handler(flow)
+    if handler is None:
+        return False
+    aborted = False
+    for conn, io in list(handler.transports.items()):
+        if conn is not handler.client and io.handler is not None:
+            io.handler.cancel(reason)
+            aborted = True
+    return aborted

@@ -1,0 +1,129 @@
+"""The lean mitmproxy Master behind `proxylog serve`: only the addons a front proxy needs.
+
+`mitmdump` loads ~35 addons and dispatches every hook to each; this Master loads core,
+proxyserver, next_layer, errorcheck, tlsconfig only when a mode needs TLS, and ProxyLog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from mitmproxy import exceptions, master, options
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.proxy import mode_specs
+
+from proxylog.config import Config, ConfigError
+from proxylog.mitm.addon import ProxyLog
+
+logger = logging.getLogger("proxylog")
+
+
+def proxy_modes(config: Config) -> list[str]:
+    """mitmproxy mode specs: `modes:` verbatim, else reverse to `upstream` at `listen`."""
+    if config.modes:
+        specs = list(config.modes)
+    elif config.upstream:
+        host, port = config.listen
+        specs = [f"reverse:{config.upstream}@{host}:{port}" if host else f"reverse:{config.upstream}@{port}"]
+    else:
+        raise ConfigError("upstream", "is required unless `modes:` is given")
+    for index, spec in enumerate(specs):
+        try:
+            mode_specs.ProxyMode.parse(spec)
+        except ValueError as e:
+            raise ConfigError(f"modes[{index}]", f"invalid mitmproxy mode {spec!r}: {e}") from e
+    return specs
+
+
+def needs_tls(specs: list[str]) -> bool:
+    """True unless every mode is a plain-HTTP reverse proxy (then no CA is ever created)."""
+    for spec in specs:
+        mode = mode_specs.ProxyMode.parse(spec)
+        if not (isinstance(mode, mode_specs.ReverseMode) and mode.scheme == "http"):
+            return True
+    return False
+
+
+def master_options(config: Config, specs: list[str]) -> dict[str, Any]:
+    """The mitmproxy options a front proxy needs (DESIGN §7), from the config."""
+    return {
+        "mode": specs,
+        "connection_strategy": "lazy",
+        "keep_host_header": True,
+        "validate_inbound_headers": True,
+        "stream_large_bodies": str(config.limits.stream_threshold),
+        "body_size_limit": None if config.limits.body_size is None else str(config.limits.body_size),
+        "tcp_timeout": max(1, int(config.timeouts.idle)),
+        "confdir": os.path.join(config.state_dir, "mitmproxy"),
+    }
+
+
+class LeanMaster(master.Master):
+    """A Master with only the addons proxylog needs, and a graceful SIGTERM/SIGINT drain."""
+
+    def __init__(self, config: Config, addon: ProxyLog | None = None) -> None:
+        super().__init__(options.Options(), with_termlog=False)
+        self.config = config
+        self.proxylog = addon or ProxyLog(config)
+        specs = proxy_modes(config)
+        tls = needs_tls(specs)
+        extra: list[Any] = [tlsconfig.TlsConfig()] if tls else []
+        self.addons.add(
+            core.Core(),
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            *extra,
+            errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+            self.proxylog,
+        )
+        opts = master_options(config, specs)
+        if tls:
+            os.makedirs(opts["confdir"], mode=0o700, exist_ok=True)
+        try:
+            self.options.update(**opts)
+        except exceptions.OptionsError as e:
+            raise ConfigError("", str(e)) from e
+        self._stopping = False
+
+    def listen_addrs(self) -> list[tuple[str, int]]:
+        ps = self.addons.get("proxyserver")
+        return [(a[0], a[1]) for a in ps.listen_addrs()] if ps else []
+
+    async def running(self) -> None:
+        await super().running()
+        addrs = ", ".join(f"{host}:{port}" for host, port in self.listen_addrs())
+        target = self.config.upstream if not self.config.modes else ", ".join(self.config.modes)
+        print(f"proxylog: listening on {addrs} -> {target}", file=sys.stderr, flush=True)
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig.name)
+
+    def request_stop(self, reason: str = "stop") -> None:
+        """First call: stop accepting and drain in-flight requests; second call: exit now."""
+        if self._stopping:
+            logger.warning("%s again, exiting without waiting", reason)
+            self.shutdown()
+            return
+        self._stopping = True
+        logger.warning("%s received, draining in-flight requests", reason)
+        asyncio.get_running_loop().create_task(self._graceful_stop())
+
+    async def _graceful_stop(self) -> None:
+        ps = self.addons.get("proxyserver")
+        if ps is not None:
+            await ps.servers.update([])  # close the listening sockets; open connections stay
+        timeout = self.config.timeouts.drain
+        if not await self.proxylog.drain(timeout):
+            logger.error(
+                "%d requests still in flight after %.0fs drain timeout",
+                self.proxylog.inflight,
+                timeout,
+            )
+        self.shutdown()

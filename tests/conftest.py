@@ -1,0 +1,176 @@
+"""Real components for tests: Puma serving tests/upstream/config.ru, and proxylog itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RACK_APP = ROOT / "tests" / "upstream" / "config.ru"
+STARTUP_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = STARTUP_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class Puma:
+    """Debian's puma serving the echo app on a free loopback port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            ["puma", "-q", "-b", f"tcp://127.0.0.1:{self.port}", "-t", "4:16", str(RACK_APP)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=RACK_APP.parent,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Proxylog:
+    """A real `proxylog serve` subprocess with a file sink the test can read back."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], args: list[str], stdout: Any) -> None:
+        self.records_path = workdir / "access.jsonl"
+        config = {"sinks": [{"type": "file", "path": str(self.records_path)}], **config}
+        config.setdefault("listen", "127.0.0.1:0")
+        config.setdefault("state_dir", str(workdir / "state"))
+        self.config_path = workdir / "proxylog.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.stderr_lines: list[str] = []
+        self._listening = threading.Event()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxylog.cli", "serve", "--config", str(self.config_path), *args],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.port = 0
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        if not self._listening.wait(STARTUP_TIMEOUT):
+            self.kill()
+            raise RuntimeError("proxylog did not start:\n" + "\n".join(self.stderr_lines))
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.stderr_lines.append(line)
+            if line.startswith("proxylog: listening on ") and not self._listening.is_set():
+                self.port = int(line.split()[3].split(",")[0].rsplit(":", 1)[1])
+                self._listening.set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def records(self, count: int | None = None, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The access records written so far; with `count`, wait until at least that many."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.records_path.read_bytes().splitlines() if self.records_path.exists() else []
+            records = [orjson.loads(line) for line in lines]
+            if count is None or len(records) >= count or time.monotonic() > deadline:
+                return records
+            time.sleep(0.02)
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        """Kill if still running and close the pipes (fixture teardown)."""
+        self.kill()
+        self._reader.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture(scope="session")
+def puma() -> Iterator[Puma]:
+    server = Puma()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_proxylog(tmp_path: Path, puma: Puma) -> Iterator[Any]:
+    """Factory: start_proxylog(config={...}, args=[...]) → a running Proxylog in front of Puma."""
+    started: list[Proxylog] = []
+
+    def start(
+        config: dict[str, Any] | None = None, args: list[str] | None = None, stdout: Any = None
+    ) -> Proxylog:
+        workdir = tmp_path / f"proxylog{len(started)}"
+        workdir.mkdir()
+        proc = Proxylog(
+            workdir,
+            {"upstream": puma.url, **(config or {})},
+            args or [],
+            subprocess.DEVNULL if stdout is None else stdout,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+def records_for(records: list[dict[str, Any]], request_id: str) -> list[dict[str, Any]]:
+    return [r for r in records if r["http"]["request"]["id"] == request_id]

@@ -1,0 +1,115 @@
+"""Config parsing: valid files load; every invalid value is an error naming its key path."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxylog.config import Config, ConfigError, FileSpec, load_config, parse_config
+from tests.conftest import ROOT
+
+
+def test_the_shipped_default_config_is_valid() -> None:
+    """configs/proxylog.yaml parses: monitor mode, stdout sink."""
+    config = load_config(ROOT / "configs" / "proxylog.yaml")
+    assert config.mode == "monitor"
+    assert [s.type for s in config.sinks] == ["stdout"]
+
+
+def test_a_full_core_config_parses() -> None:
+    """Every core key is read into its typed spec."""
+    config = parse_config(
+        {
+            "upstream": "http://127.0.0.1:3000",
+            "listen": "[::1]:8081",
+            "trusted_proxies": ["10.0.0.0/8", "192.0.2.1"],
+            "timeouts": {"upstream": "1.5s", "drain": "1m", "idle": 30},
+            "limits": {"body_size": "10MB", "stream_threshold": "64k"},
+            "record": {"headers": ["Referer", "X-Forwarded-For"], "max_field_bytes": "8k", "schema": "flat"},
+            "sinks": [{"type": "stdout"}, {"type": "file", "path": "/tmp/a.jsonl", "queue": 50}],
+        }
+    )
+    assert config.listen == ("::1", 8081)
+    assert config.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.0.2.1/32"),
+    )
+    assert (config.timeouts.upstream, config.timeouts.drain, config.timeouts.idle) == (1.5, 60.0, 30.0)
+    assert (config.limits.body_size, config.limits.stream_threshold) == (10 * 1024**2, 64 * 1024)
+    assert config.record.headers == ("referer", "x-forwarded-for")
+    assert config.record.max_field_bytes == 8192
+    assert config.sinks[1] == FileSpec(type="file", name="file:/tmp/a.jsonl", path="/tmp/a.jsonl", queue=50)
+
+
+def test_an_empty_file_means_defaults() -> None:
+    """An empty document is the default Config."""
+    assert parse_config(None) == Config(source=None, state_dir=Config().state_dir)
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "fragment"),
+    [
+        ({"upstrem": "http://x"}, "upstrem", "unknown key"),
+        ({"upstream": "ftp://x"}, "upstream", "http/https URL"),
+        ({"upstream": "http://"}, "upstream", "URL"),
+        ({"listen": "8080"}, "listen", "HOST:PORT"),
+        ({"listen": "127.0.0.1:99999"}, "listen", "HOST:PORT"),
+        ({"mode": "block"}, "mode", "monitor, enforce"),
+        ({"trusted_proxies": ["10.0.0.0/8", "10.0.0/33"]}, "trusted_proxies[1]", "CIDR"),
+        ({"timeouts": {"upstream": "soon"}}, "timeouts.upstream", "duration"),
+        ({"timeouts": {"upstream": -1}}, "timeouts.upstream", "at least"),
+        ({"timeouts": {"idle": "0s"}}, "timeouts.idle", "at least"),
+        ({"limits": {"body_size": "lots"}}, "limits.body_size", "size"),
+        ({"record": {"headers": ["bad header"]}}, "record.headers[0]", "header name"),
+        ({"record": {"max_field_bytes": 10}}, "record.max_field_bytes", "at least"),
+        ({"record": "nested"}, "record", "mapping"),
+        ({"sinks": [{"type": "kafka"}]}, "sinks[0].type", "stdout, file"),
+        ({"sinks": [{"type": "file"}]}, "sinks[0].path", "required"),
+        ({"sinks": [{"type": "stdout", "path": "x"}]}, "sinks[0].path", "unknown key"),
+        ({"sinks": [{"type": "stdout", "queue": 0}]}, "sinks[0].queue", "at least 1"),
+        ({"sinks": [{"type": "stdout"}, {"type": "stdout"}]}, "sinks[1]", "duplicate sink name"),
+        ({"sinks": ["stdout"]}, "sinks[0]", "mapping"),
+        ([1, 2], "", "mapping"),
+    ],
+)
+def test_invalid_values_name_their_key_path(data: object, path: str, fragment: str) -> None:
+    """Each invalid value raises ConfigError whose path is the offending key."""
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert err.value.path == path
+    assert fragment in err.value.message
+
+
+def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
+    """A YAML syntax error is reported as a ConfigError mentioning the file."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sinks: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def _check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxylog.cli", "check", str(path)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_command_exit_codes(tmp_path: Path) -> None:
+    """`proxylog check` exits 0 for a valid file and 2 for an invalid one, naming the key path."""
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"upstream": "http://127.0.0.1:3000"}))
+    assert _check(good).returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"sinks": [{"type": "file"}]}))
+    result = _check(bad)
+    assert result.returncode == 2
+    assert "sinks[0].path: is required" in result.stderr
+    assert _check(tmp_path / "missing.yaml").returncode == 2
+    modes = tmp_path / "modes.yaml"
+    modes.write_text(yaml.safe_dump({"modes": ["nonsense:thing"]}))
+    assert "modes[0]" in _check(modes).stderr
