@@ -73,9 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--enforce", action="store_true", help="start in enforce mode (default: the config's mode)"
     )
-    serve.add_argument(
-        "--log-level", choices=LOG_LEVELS, help="stderr diagnostics level"
-    )
+    serve.add_argument("--log-level", choices=LOG_LEVELS, help="stderr diagnostics level")
     serve.set_defaults(func=cmd_serve)
 
     check = commands.add_parser(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import ipaddress
-import os
+import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cachetools import LRUCache
 
@@ -33,8 +32,7 @@ def normalize_ip(text: str) -> str:
     return text if addr is None else str(addr)
 
 
-@dataclass(frozen=True, slots=True)
-class ClientIdentity:
+class ClientIdentity(NamedTuple):
     """`ip` is the client; `chain` is the forwarding chain from it to the peer, both trusted."""
 
     ip: str
@@ -53,11 +51,14 @@ class TrustedProxies:
     def __init__(self, networks: Iterable[IPNetwork]) -> None:
         self.networks = tuple(networks)
         self._cache: LRUCache[str, bool] = LRUCache(maxsize=4096)
+        self._peers: LRUCache[str, str] = LRUCache(maxsize=4096)
 
     def __bool__(self) -> bool:
         return bool(self.networks)
 
     def is_trusted(self, ip: str) -> bool:
+        if not self.networks:
+            return False
         trusted = self._cache.get(ip)
         if trusted is None:
             addr = parse_ip(ip)
@@ -67,7 +68,11 @@ class TrustedProxies:
 
     def resolve(self, peer: str, forwarded_for: Iterable[str]) -> ClientIdentity:
         """The client for a request from `peer` carrying these X-Forwarded-For header values."""
-        peer = normalize_ip(peer)
+        if ":" in peer:  # IPv6, possibly IPv4-mapped; IPv4 peers from a socket are canonical
+            normalized = self._peers.get(peer)
+            if normalized is None:
+                normalized = self._peers[peer] = normalize_ip(peer)
+            peer = normalized
         if not self.networks or not self.is_trusted(peer):
             return ClientIdentity(peer, peer, (peer,))
         hops = [hop for value in forwarded_for for hop in value.split(",")]
@@ -84,16 +89,25 @@ class TrustedProxies:
         return ClientIdentity(chain[0], peer, tuple(chain))
 
 
-_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 _REQUEST_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:@+=/"
 MAX_REQUEST_ID = 128
+_RANDOM_A = 0xFFF << 62
+_RANDOM_B = (1 << 62) - 1
 
 
 def new_request_id() -> str:
-    """A 26-character, time-ordered request id: 48 bits of milliseconds + 80 random bits,
-    in Crockford base32 (ULID-style, so ids sort by arrival)."""
-    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
-    return base64.b32encode(raw).translate(_CROCKFORD)[:26].decode("ascii")
+    """A UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, so ids sort by arrival, and 74
+    random bits. Rails' own request ids are UUIDs, so apps parse these unchanged."""
+    rand = random.getrandbits(80)  # ids need uniqueness, not secrecy; reseeded after fork
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | 0x7 << 76
+        | (rand & _RANDOM_A) << 2
+        | 0b10 << 62
+        | rand & _RANDOM_B
+    )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def is_valid_request_id(value: str) -> bool:

@@ -34,12 +34,12 @@ class MemorySink:
         self.fail_with: SinkError | None = None
         self.closed = False
 
-    async def write(self, lines: list[bytes]) -> None:
+    def write(self, lines: list[bytes]) -> None:
         if self.fail_with is not None:
             raise self.fail_with
         self.lines.extend(lines)
 
-    async def close(self) -> None:
+    def close(self) -> None:
         self.closed = True
 
     def documents(self) -> list[dict[str, Any]]:

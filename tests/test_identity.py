@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import uuid
 
 import pytest
 
@@ -51,12 +52,14 @@ def test_normalize_ip() -> None:
     assert normalize_ip("nonsense") == "nonsense"
 
 
-def test_request_ids_are_unique_sortable_and_valid() -> None:
-    """Generated ids are 26 chars, unique, non-decreasing in time order, and well-formed."""
+def test_request_ids_are_uuid7_unique_sortable_and_valid() -> None:
+    """Generated ids are UUIDv7 (RFC 9562), unique, time-ordered and well-formed."""
     ids = [new_request_id() for _ in range(1000)]
     assert len(set(ids)) == 1000
-    assert all(len(i) == 26 and is_valid_request_id(i) for i in ids)
-    assert [i[:9] for i in ids] == sorted(i[:9] for i in ids)  # 45 bits of the 48-bit time
+    assert all(is_valid_request_id(i) for i in ids)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(u.version == 7 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert [i[:13] for i in ids] == sorted(i[:13] for i in ids)  # the 48-bit millisecond prefix
 
 
 @pytest.mark.parametrize(

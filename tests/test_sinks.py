@@ -30,10 +30,6 @@ def markers(sink: MemorySink) -> list[dict]:
     return [doc for doc in sink.documents() if doc.get("event", {}).get("action") == "records_dropped"]
 
 
-async def no_sleep(_: float) -> None:
-    await asyncio.sleep(0)
-
-
 async def test_everything_submitted_is_delivered_in_order() -> None:
     """A healthy sink receives every line, in submission order, batched."""
     sink = MemorySink()
@@ -68,12 +64,12 @@ async def test_retryable_failures_are_retried_until_delivered() -> None:
     """A sink failing with a retryable error gets the same batch again once it recovers."""
     sink = MemorySink()
     sink.fail_with = SinkError("collector down")
-    worker = SinkWorker(sink, SinkSpec(type="memory", name="m"), sleep=no_sleep)
+    worker = SinkWorker(sink, SinkSpec(type="memory", name="m"), retry_initial=0.001)
     worker.start()
     for i in range(5):
         worker.submit(line(i))
     while worker.stats.retries < 3:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.001)
     assert not worker.stats.healthy and worker.stats.last_error == "collector down"
     sink.fail_with = None
     assert await worker.flush(5)
@@ -86,7 +82,7 @@ async def test_permanent_failures_count_every_lost_record() -> None:
     """A non-retryable failure drops the batch but counts it; the marker follows on recovery."""
     sink = MemorySink()
     sink.fail_with = SinkError("poison", retryable=False)
-    worker = SinkWorker(sink, SinkSpec(type="memory", name="m", batch=100), sleep=no_sleep)
+    worker = SinkWorker(sink, SinkSpec(type="memory", name="m", batch=100), retry_initial=0.001)
     worker.start()
     for i in range(4):
         worker.submit(line(i))
@@ -104,7 +100,7 @@ async def test_close_reports_what_could_not_be_delivered() -> None:
     """close() gives up after its timeout and returns how many records stayed undelivered."""
     sink = MemorySink()
     sink.fail_with = SinkError("down")
-    worker = SinkWorker(sink, SinkSpec(type="memory", name="m", batch=2), sleep=no_sleep)
+    worker = SinkWorker(sink, SinkSpec(type="memory", name="m", batch=2), retry_initial=0.001)
     worker.start()
     for i in range(5):
         worker.submit(line(i))
@@ -113,49 +109,47 @@ async def test_close_reports_what_could_not_be_delivered() -> None:
     assert sink.closed
 
 
-async def test_file_sink_appends_with_private_modes(tmp_path: Path) -> None:
+def test_file_sink_appends_with_private_modes(tmp_path: Path) -> None:
     """The file sink creates a 0750 directory and a 0640 file, and appends."""
     path = tmp_path / "logs" / "access.jsonl"
     sink = FileSink("f", str(path))
-    await sink.write([line(1), line(2)])
-    await sink.write([line(3)])
-    await sink.close()
+    sink.write([line(1), line(2)])
+    sink.write([line(3)])
+    sink.close()
     assert [orjson.loads(x)["seq"] for x in path.read_bytes().splitlines()] == [1, 2, 3]
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
 
 
-async def test_file_sink_errors_are_retryable_sink_errors(tmp_path: Path) -> None:
+def test_file_sink_errors_are_retryable_sink_errors(tmp_path: Path) -> None:
     """An unwritable path surfaces as a retryable SinkError, never an OSError."""
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     sink = FileSink("f", str(blocker / "access.jsonl"))
     with pytest.raises(SinkError) as err:
-        await sink.write([line(1)])
+        sink.write([line(1)])
     assert err.value.retryable
-    await sink.close()
+    sink.close()
 
 
-async def test_stdout_sink_broken_pipe_is_permanent() -> None:
+def test_stdout_sink_broken_pipe_is_permanent() -> None:
     """Writing to a pipe whose reader is gone is a non-retryable SinkError, not a crash."""
     read_fd, write_fd = os.pipe()
     os.close(read_fd)
     sink = StdoutSink("stdout", fd=write_fd)
     try:
         with pytest.raises(SinkError) as err:
-            await sink.write([line(1)])
+            sink.write([line(1)])
         assert not err.value.retryable
     finally:
-        await sink.close()
         os.close(write_fd)
 
 
-async def test_stdout_sink_writes_whole_batches_to_its_fd() -> None:
+def test_stdout_sink_writes_whole_batches_to_its_fd() -> None:
     """Batches arrive on the fd as NDJSON."""
     read_fd, write_fd = os.pipe()
     sink = StdoutSink("stdout", fd=write_fd)
-    await sink.write([line(1), line(2)])
-    await sink.close()
+    sink.write([line(1), line(2)])
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as reader:
         assert [orjson.loads(x)["seq"] for x in reader.read().splitlines()] == [1, 2]

@@ -64,6 +64,15 @@ class RecordSpec:
     response_headers: tuple[str, ...] = ("content-type",)
     max_field_bytes: int = 4096
     schema: Schema = "nested"
+    header_bytes: frozenset[bytes] = field(init=False, repr=False, compare=False)
+    response_header_bytes: frozenset[bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The request path matches raw header names: precompute them once per config.
+        object.__setattr__(self, "header_bytes", frozenset(h.encode() for h in self.headers))
+        object.__setattr__(
+            self, "response_header_bytes", frozenset(h.encode() for h in self.response_headers)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,16 +10,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import ConnectionState
-from mitmproxy.net.http.http1 import expected_http_body_size
 
 from proxylog.config import Config, ConfigError, load_config
 from proxylog.mitm import _connections
-from proxylog.mitm.flows import ByteCounter, FlowState, record_from_flow, start_flow, state_of
+from proxylog.mitm.flows import (
+    ByteCounter,
+    FlowState,
+    record_from_flow,
+    start_flow,
+    start_response,
+    state_of,
+)
 from proxylog.mitm.layers import refuse_tls_on_plain_listener
 from proxylog.record import ErrorType
 from proxylog.runtime import Runtime
@@ -34,6 +41,8 @@ FRONT_PROXY_OPTIONS: dict[str, Any] = {
     "validate_inbound_headers": True,
     "block_global": False,
 }
+
+TIMEOUT_SWEEP_S = 0.1
 
 _REPLIES = {
     400: (b"Bad Request", b"400 Bad Request\n"),
@@ -108,6 +117,8 @@ class ProxyLog:
         self.runtime: Runtime | None = runtime
         self.inflight = 0
         self.internal_errors = 0
+        self._deadlines: dict[str, tuple[float, http.HTTPFlow]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._drained.set()
 
@@ -145,8 +156,13 @@ class ProxyLog:
                 logger.warning("setting %s=%s for a front proxy", name, value)
                 ctx.options.update(**{name: value})
         self.runtime.start()
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_deadlines())
 
     async def done(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self.runtime is not None:
             await self.runtime.close(self.runtime.config.timeouts.drain)
 
@@ -175,25 +191,33 @@ class ProxyLog:
         self._drained.clear()
         if flow.error or flow.response:
             return
-        request = flow.request
-        if len(request.headers.get_all("host")) > 1:
+        if state.host_headers > 1:
             self._reject(flow, state, 400, "request_invalid", "multiple Host headers")
             return
-        if request.stream or (
-            "content-length" not in request.headers and "transfer-encoding" in request.headers
-        ):
+        if flow.request.stream or state.chunked_upload:
             # Large or chunked uploads go straight to Puma, counted, never stored.
-            state_of(flow).request_counter = request.stream = ByteCounter()  # type: ignore[union-attr]
+            state.request_counter = flow.request.stream = ByteCounter()
 
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
-        if self.runtime is None or state is None or flow.response or flow.error:
+        if self.runtime is None or state_of(flow) is None or flow.response or flow.error:
             return
-        state.timer = asyncio.get_running_loop().call_later(
-            self.runtime.config.timeouts.upstream, self._upstream_timeout, flow
-        )
+        # Deadlines are request end + one constant, so insertion order is deadline order and
+        # the sweeper only ever looks at the oldest entries.
+        self._deadlines[flow.id] = (time.monotonic() + self.runtime.config.timeouts.upstream, flow)
 
+    async def _sweep_deadlines(self) -> None:
+        while True:
+            await asyncio.sleep(TIMEOUT_SWEEP_S)
+            now = time.monotonic()
+            while self._deadlines:
+                flow_id, (deadline, flow) = next(iter(self._deadlines.items()))
+                if deadline > now:
+                    break
+                del self._deadlines[flow_id]
+                self._upstream_timeout(flow)
+
+    @guarded
     def _upstream_timeout(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is None or state.done or flow.response is not None or flow.error is not None:
@@ -205,16 +229,12 @@ class ProxyLog:
     @guarded
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
-        if state is None:
+        if state is None or self.runtime is None:
             return
-        state.cancel_timer()
-        response = flow.response
-        assert response is not None
-        response.headers["X-Request-Id"] = state.request_id
-        if response.stream or expected_http_body_size(flow.request, response) in (None, -1):
-            # Large, chunked or read-until-close bodies (SSE, ActionController::Live) are
-            # streamed as they arrive and counted; mitmproxy would otherwise buffer them.
-            state.response_counter = response.stream = ByteCounter()
+        self._deadlines.pop(flow.id, None)
+        if start_response(flow, state, self.runtime.config.record):
+            # Streamed as it arrives and counted; mitmproxy would otherwise buffer it whole.
+            state.response_counter = flow.response.stream = ByteCounter()  # type: ignore[union-attr]
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
@@ -227,7 +247,7 @@ class ProxyLog:
         state = state_of(flow)
         if state is None or state.done:
             return
-        state.cancel_timer()
+        self._deadlines.pop(flow.id, None)
         if state.error_type is None:
             state.error_type = classify_error(flow, state)
             state.error_message = flow.error.msg if flow.error else None
@@ -286,7 +306,7 @@ class ProxyLog:
         if state.done or self.runtime is None:
             return
         state.done = True
-        state.cancel_timer()
+        self._deadlines.pop(flow.id, None)
         try:
             self.runtime.emit(record_from_flow(flow, state, self.runtime.config.record))
         finally:

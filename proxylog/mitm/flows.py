@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -62,24 +61,23 @@ class FlowState:
     request_head_bytes: int
     captured: tuple[tuple[str, str], ...]
     user_agent: str | None
+    host: bytes
+    host_headers: int
+    chunked_upload: bool
     truncated: list[str] = field(default_factory=list)
     decision: Decision = ALLOW
     enforced: bool = False
+    mode: str = "monitor"
     request_counter: ByteCounter | None = None
     response_counter: ByteCounter | None = None
-    timer: asyncio.TimerHandle | None = None
+    response_head_bytes: int = 0
+    response_captured: tuple[tuple[str, str], ...] = ()
     timed_out: bool = False
     error_type: ErrorType | None = None
     error_message: str | None = None
     replied_status: int | None = None
     replied_bytes: int = 0
-    mode: str = "monitor"
     done: bool = False
-
-    def cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
 
 def state_of(flow: http.HTTPFlow) -> FlowState | None:
@@ -94,85 +92,154 @@ def text(raw: bytes | str, name: str, spec: RecordSpec, truncated: list[str]) ->
         value = raw
     else:  # mitmproxy decodes with surrogateescape; surrogates cannot be JSON-encoded
         value = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if len(value) * 4 <= spec.max_field_bytes and value.isprintable():
+        return value  # the common case, without a call
     value, cut = cap_text(value, spec.max_field_bytes)
     if cut:
         truncated.append(name)
     return value
 
 
-def _head_bytes(first_line: int, fields: tuple[tuple[bytes, bytes], ...]) -> int:
-    return first_line + 2 + sum(len(k) + len(v) + 4 for k, v in fields) + 2
+def _capture(
+    found: dict[bytes, bytes], prefix: str, spec: RecordSpec, truncated: list[str]
+) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (name.decode("ascii"), text(value, f"{prefix}.{name.decode('ascii')}", spec, truncated))
+        for name, value in found.items()
+    )
 
 
 def start_flow(flow: http.HTTPFlow, trusted: TrustedProxies, spec: RecordSpec) -> FlowState:
     """Identify the client, capture what the record needs from the raw request headers, and
-    rewrite the forwarding headers Puma will see. Called once per request, in requestheaders."""
+    rewrite the forwarding headers Puma will see, in one pass over the header fields.
+    Called once per request, in requestheaders."""
     request = flow.request
-    fields = request.headers.fields
-    forwarded_for = [v.decode("latin-1") for k, v in fields if k.lower() == b"x-forwarded-for"]
-    identity = trusted.resolve(flow.client_conn.peername[0], forwarded_for)
-    peer_trusted = len(identity.chain) > 1 or trusted.is_trusted(identity.peer)
-
-    truncated: list[str] = []
-    captured = tuple(
-        (name, text(value, f"http.request.headers.{name}", spec, truncated))
-        for name in spec.headers
-        if (value := request.headers.get(name)) is not None
-    )
-    agent = request.headers.get("user-agent")
-    user_agent = None if agent is None else text(agent, "user_agent.original", spec, truncated)
-
+    capture = spec.header_bytes
     kept: list[tuple[bytes, bytes]] = []
-    client_request_id: str | None = None
-    trusted_values: dict[bytes, bytes] = {}
-    for name, value in fields:
+    forwarded_for: list[str] = []
+    from_peer: dict[bytes, bytes] = {}
+    found: dict[bytes, bytes] = {}
+    agent = client_request_id = None
+    host = b""
+    hosts = 0
+    has_length = chunked = False
+    head = len(request.data.method) + len(request.data.path) + len(request.data.http_version) + 4
+    for name, value in request.headers.fields:
+        head += len(name) + len(value) + 4
         lname = name.lower()
-        norm = lname.replace(b"_", b"-")
-        if norm != lname and norm in _UNDERSCORE_CHECKED:
-            continue
-        if norm in _ALWAYS_STRIPPED or norm in _REWRITTEN or norm.startswith(_PROXYLOG_PREFIX):
-            if norm == b"x-request-id":
+        if lname in capture:
+            found[lname] = found[lname] + b", " + value if lname in found else value
+        if b"_" in lname:
+            norm = lname.replace(b"_", b"-")
+            if norm in _UNDERSCORE_CHECKED or norm.startswith(_PROXYLOG_PREFIX):
+                continue
+        elif lname in _REWRITTEN or lname in _ALWAYS_STRIPPED or lname.startswith(_PROXYLOG_PREFIX):
+            if lname == b"x-forwarded-for":
+                forwarded_for.append(value.decode("latin-1"))
+            elif lname == b"x-request-id":
                 client_request_id = value.decode("latin-1")
             continue
-        if norm in _FROM_TRUSTED:
-            if peer_trusted:
-                trusted_values.setdefault(norm, value)
+        elif lname in _FROM_TRUSTED:
+            from_peer.setdefault(lname, value)
             continue
+        elif lname == b"user-agent":
+            agent = value
+        elif lname == b"host":
+            host = value
+            hosts += 1
+        elif lname == b"content-length":
+            has_length = True
+        elif lname == b"transfer-encoding":
+            chunked = True
         kept.append((name, value))
 
-    request_id = (
-        client_request_id
-        if client_request_id is not None and is_valid_request_id(client_request_id)
-        else new_request_id()
-    )
-    proto = trusted_values.get(b"x-forwarded-proto") or (
-        b"https" if flow.client_conn.tls_established else b"http"
-    )
-    host = trusted_values.get(b"x-forwarded-host") or (request.host_header or "").encode(
-        "utf-8", "surrogateescape"
-    )
+    identity = trusted.resolve(flow.client_conn.peername[0], forwarded_for)
+    if not trusted.is_trusted(identity.peer):
+        from_peer.clear()
+    if client_request_id is None or not is_valid_request_id(client_request_id):
+        client_request_id = new_request_id()
+    forwarded_host = from_peer.get(b"x-forwarded-host") or host or request.data.authority
     kept.append((b"X-Forwarded-For", ", ".join(identity.chain).encode("ascii")))
-    kept.append((b"X-Forwarded-Proto", proto))
-    if host:
-        kept.append((b"X-Forwarded-Host", host))
-    if port := trusted_values.get(b"x-forwarded-port"):
+    kept.append(
+        (
+            b"X-Forwarded-Proto",
+            from_peer.get(b"x-forwarded-proto") or _scheme(flow.client_conn.tls_established),
+        ),
+    )
+    if forwarded_host:
+        kept.append((b"X-Forwarded-Host", forwarded_host))
+    if port := from_peer.get(b"x-forwarded-port"):
         kept.append((b"X-Forwarded-Port", port))
-    kept.append((b"X-Request-Id", request_id.encode("ascii")))
+    kept.append((b"X-Request-Id", client_request_id.encode("ascii")))
     request.headers.fields = tuple(kept)
     if request.data.authority and request.http_version.startswith("HTTP/1"):
         request.data.authority = b""  # absolute-form: Puma gets origin-form, Host decides
 
-    first_line = len(request.data.method) + len(request.data.path) + len(request.data.http_version) + 2
+    truncated: list[str] = []
     state = FlowState(
-        request_id=request_id,
+        request_id=client_request_id,
         identity=identity,
-        request_head_bytes=_head_bytes(first_line, fields),
-        captured=captured,
-        user_agent=user_agent,
+        request_head_bytes=head,
+        captured=_capture(found, "http.request.headers", spec, truncated) if found else (),
+        user_agent=None if agent is None else text(agent, "user_agent.original", spec, truncated),
+        host=host or request.data.authority or request.data.host.encode("utf-8", "backslashreplace"),
+        host_headers=hosts,
+        chunked_upload=chunked and not has_length,
         truncated=truncated,
     )
     flow.metadata[META] = state
     return state
+
+
+def _scheme(tls: bool) -> bytes:
+    return b"https" if tls else b"http"
+
+
+_BODYLESS_STATUS = frozenset({204, 304})
+
+
+def start_response(flow: http.HTTPFlow, state: FlowState, spec: RecordSpec) -> bool:
+    """Echo X-Request-Id on the response and capture its headers, in one pass. Returns True
+    when the body should be streamed: no Content-Length (chunked or read-until-close, e.g.
+    SSE and ActionController::Live), or mitmproxy already chose to stream a large body."""
+    response = flow.response
+    assert response is not None
+    capture = spec.response_header_bytes
+    kept: list[tuple[bytes, bytes]] = []
+    found: dict[bytes, bytes] = {}
+    has_length = False
+    head = len(response.data.http_version) + len(response.data.reason) + 9
+    for name, value in response.headers.fields:
+        head += len(name) + len(value) + 4
+        lname = name.lower()
+        if lname in capture:
+            found[lname] = found[lname] + b", " + value if lname in found else value
+        if lname == b"x-request-id":
+            continue
+        if lname == b"content-length":
+            has_length = True
+        kept.append((name, value))
+    kept.append((b"X-Request-Id", state.request_id.encode("ascii")))
+    response.headers.fields = tuple(kept)
+    state.response_head_bytes = head
+    if found:
+        state.response_captured = _capture(found, "http.response.headers", spec, state.truncated)
+    if response.stream:
+        return True
+    has_body = (
+        flow.request.method != "HEAD"
+        and response.status_code >= 200
+        and response.status_code not in _BODYLESS_STATUS
+    )
+    return has_body and not has_length
+
+
+def _without_port(host: bytes) -> bytes:
+    """``example.com:8080`` → ``example.com``; ``[::1]:8080`` → ``::1``."""
+    if host.startswith(b"["):
+        return host[1 : host.find(b"]")] if b"]" in host else host
+    name, sep, port = host.rpartition(b":")
+    return name if sep and port.isdigit() else host
 
 
 def status_sent(flow: http.HTTPFlow, state: FlowState) -> int | None:
@@ -198,7 +265,7 @@ def record_from_flow(
     raw_path, sep, raw_query = request.data.path.partition(b"?")
     path = text(raw_path, "url.path", spec, truncated)
     query = text(raw_query, "url.query", spec, truncated) if sep else None
-    domain = text(request.pretty_host, "url.domain", spec, truncated)
+    domain = text(_without_port(state.host), "url.domain", spec, truncated)
 
     request_body = (
         state.request_counter.bytes if state.request_counter is not None else len(request.raw_content or b"")
@@ -215,16 +282,8 @@ def record_from_flow(
             if state.response_counter is not None
             else len(response.raw_content or b"")
         )
-        response_head = _head_bytes(
-            len(response.data.http_version) + len(response.data.reason) + 4,
-            response.headers.fields,
-        )
-        if spec.response_headers:
-            response_headers = tuple(
-                (name, text(value, f"http.response.headers.{name}", spec, truncated))
-                for name in spec.response_headers
-                if (value := response.headers.get(name)) is not None
-            )
+        response_head = state.response_head_bytes
+        response_headers = state.response_captured
         if request.timestamp_end and response.timestamp_start:
             upstream_ms = round((response.timestamp_start - request.timestamp_end) * 1000, 3)
 

@@ -6,21 +6,20 @@ import os
 
 from proxylog.config.sinks import FileSpec
 from proxylog.errors import SinkError
-from proxylog.sinks._thread import BlockingRunner, write_all
+from proxylog.sinks._io import write_all
 
 FILE_MODE = 0o640
 DIR_MODE = 0o750
 
 
 class FileSink:
-    """Appends batches from its own thread; the file is opened on first write and created
-    0640 (its directory 0750), so a slow or full disk never blocks the event loop."""
+    """Appends batches (from the sink's thread); the file is opened on first write and
+    created 0640 in a 0750 directory."""
 
     def __init__(self, name: str, path: str) -> None:
         self.name = name
         self.path = path
         self._fd: int | None = None
-        self._runner = BlockingRunner(f"proxylog-sink-{name}")
 
     @classmethod
     def from_spec(cls, spec: FileSpec) -> FileSink:
@@ -33,22 +32,15 @@ class FileSink:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         return os.open(self.path, flags, FILE_MODE)
 
-    def _write(self, data: bytes) -> None:
-        if self._fd is None:
-            self._fd = self._open()
-        write_all(self._fd, data)
-
-    async def write(self, lines: list[bytes]) -> None:
+    def write(self, lines: list[bytes]) -> None:
         try:
-            await self._runner.run(lambda: self._write(b"".join(lines)))
+            if self._fd is None:
+                self._fd = self._open()
+            write_all(self._fd, b"".join(lines))
         except OSError as e:
             raise SinkError(f"cannot write {self.path}: {e.strerror or e}") from e
 
-    def _close_fd(self) -> None:
+    def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    async def close(self) -> None:
-        await self._runner.run(self._close_fd)
-        self._runner.close()
