@@ -225,7 +225,8 @@ def main() -> int:
     proxylog_cpu = cpu["proxylog serve (file sink)"]
     print(
         f"\nproxylog CPU per request vs lean Master: {proxylog_cpu / lean_cpu:.3f}x "
-        f"(+{proxylog_cpu - lean_cpu:.0f} µs); vs mitmdump: {cpu['mitmdump (no addons)'] / proxylog_cpu:.2f}x less"
+        f"(+{proxylog_cpu - lean_cpu:.0f} µs); "
+        f"vs mitmdump: {cpu['mitmdump (no addons)'] / proxylog_cpu:.2f}x less"
     )
     spread = {name: [round(r.rps) for r in rs] for name, rs in results.items()}
     print(f"all rounds (req/s): {spread}")

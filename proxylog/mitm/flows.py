@@ -160,12 +160,8 @@ def start_flow(flow: http.HTTPFlow, trusted: TrustedProxies, spec: RecordSpec) -
         client_request_id = new_request_id()
     forwarded_host = from_peer.get(b"x-forwarded-host") or host or request.data.authority
     kept.append((b"X-Forwarded-For", ", ".join(identity.chain).encode("ascii")))
-    kept.append(
-        (
-            b"X-Forwarded-Proto",
-            from_peer.get(b"x-forwarded-proto") or _scheme(flow.client_conn.tls_established),
-        ),
-    )
+    proto = from_peer.get(b"x-forwarded-proto") or _scheme(flow.client_conn.tls_established)
+    kept.append((b"X-Forwarded-Proto", proto))
     if forwarded_host:
         kept.append((b"X-Forwarded-Host", forwarded_host))
     if port := from_peer.get(b"x-forwarded-port"):
