@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_check)
+
+    # Feature modules add their own subcommands; each takes the subparsers object.
+    from proxylog import redact_cli
+    from proxylog.rules import replay
+    from proxylog.sinks import integrity
+
+    for register in (redact_cli.register, replay.register, integrity.register):
+        register(commands)
     return parser
 
 

@@ -34,19 +34,6 @@ class RuleHit:
     window_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the rule engine concluded for a request; the addon decides whether to enforce it."""
-
-    action: Action = "allowed"
-    tags: tuple[str, ...] = ()
-    rules: tuple[RuleHit, ...] = ()
-    status: int | None = None
-
-
-ALLOW = Decision()
-
-
 class AccessRecord(NamedTuple):
     """Everything proxylog logs about one request; an immutable value built once the request
     ends. Stages that change it (redaction) return a copy via ``record._replace(...)``.

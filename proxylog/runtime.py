@@ -7,10 +7,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from proxylog.bodies import build_body_parser
 from proxylog.config import Config
 from proxylog.config.sinks import SinkSpec
 from proxylog.identity import TrustedProxies
 from proxylog.record import AccessRecord, encode_document, encode_record
+from proxylog.redact import Redactor
+from proxylog.rules import RuleEngine
 from proxylog.sinks import Sink, SinkWorker, build_sink
 
 logger = logging.getLogger("proxylog")
@@ -25,6 +28,9 @@ class Runtime:
         self.config = config
         self.mode = config.mode
         self.trusted = TrustedProxies(config.trusted_proxies)
+        self.redactor = Redactor(config.redact)
+        self.body_parser = build_body_parser(config.redact)
+        self.engine = RuleEngine(config.rules)
         if sinks is None:
             self.workers = [SinkWorker(build_sink(spec), spec) for spec in config.sinks]
         else:
@@ -37,9 +43,9 @@ class Runtime:
             worker.start()
 
     def emit(self, record: AccessRecord) -> None:
-        """Encode a record once and queue it on every sink."""
+        """Redact a record, encode it once and queue it on every sink."""
         self.emitted += 1
-        self._submit(encode_record(record, self.config.record.schema))
+        self._submit(encode_record(self.redactor(record), self.config.record.schema))
 
     def emit_document(self, doc: dict[str, Any]) -> None:
         """Queue a non-access event (marker, audit, alert) on every sink."""
@@ -48,6 +54,11 @@ class Runtime:
     def _submit(self, line: bytes) -> None:
         for worker in self.workers:
             worker.submit(line)
+
+    def reopen(self) -> None:
+        """Ask every sink to reopen its files (SIGHUP, after an external logrotate)."""
+        for worker in self.workers:
+            worker.reopen()
 
     async def flush(self, timeout: float) -> bool:
         results = await asyncio.gather(*(w.flush(timeout) for w in self.workers))

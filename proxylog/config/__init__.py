@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 
 from proxylog.config._reader import IPNetwork, Node, parse_duration, parse_host_port, parse_size
+from proxylog.config.redact import RedactSpec, parse_redact
+from proxylog.config.rules import RulesSpec, parse_rules
 from proxylog.config.sinks import FileSpec, SinkSpec, StdoutSpec, parse_sinks
 from proxylog.errors import ConfigError
 
@@ -21,6 +23,8 @@ __all__ = [
     "LimitSpec",
     "LogSpec",
     "RecordSpec",
+    "RedactSpec",
+    "RulesSpec",
     "SinkSpec",
     "StdoutSpec",
     "TimeoutSpec",
@@ -95,6 +99,8 @@ class Config:
     timeouts: TimeoutSpec = field(default_factory=TimeoutSpec)
     limits: LimitSpec = field(default_factory=LimitSpec)
     record: RecordSpec = field(default_factory=RecordSpec)
+    redact: RedactSpec = field(default_factory=RedactSpec)
+    rules: RulesSpec = field(default_factory=RulesSpec)
     sinks: tuple[SinkSpec, ...] = (StdoutSpec(type="stdout", name="stdout"),)
     log: LogSpec = field(default_factory=LogSpec)
     state_dir: str = field(default_factory=lambda: default_state_dir())
@@ -126,6 +132,10 @@ _TOP_KEYS = frozenset(
         "sinks",
         "log",
         "state_dir",
+        "redact",
+        "rules",
+        "intel",
+        "allow",
     }
 )
 
@@ -155,6 +165,10 @@ def parse_config(data: Any, source: str | None = None) -> Config:
         kwargs["sinks"] = parse_sinks(fields.require("sinks"))
     if "log" in fields:
         kwargs["log"] = _parse_log(fields.require("log"))
+    if "redact" in fields:
+        kwargs["redact"] = parse_redact(fields.require("redact"))
+    if any(key in fields for key in ("rules", "intel", "allow")):
+        kwargs["rules"] = parse_rules(fields.get("rules"), fields.get("intel"), fields.get("allow"))
     if "state_dir" in fields:
         kwargs["state_dir"] = os.path.expanduser(fields.require("state_dir").string())
     return Config(**kwargs)

@@ -22,13 +22,16 @@ from proxylog.mitm import _connections
 from proxylog.mitm.flows import (
     ByteCounter,
     FlowState,
+    facts_from_flow,
     record_from_flow,
     start_flow,
     start_response,
     state_of,
+    status_sent,
 )
 from proxylog.mitm.layers import refuse_tls_on_plain_listener
 from proxylog.record import ErrorType
+from proxylog.rules import Verdict
 from proxylog.runtime import Runtime
 
 logger = logging.getLogger("proxylog")
@@ -46,6 +49,8 @@ TIMEOUT_SWEEP_S = 0.1
 
 _REPLIES = {
     400: (b"Bad Request", b"400 Bad Request\n"),
+    403: (b"Forbidden", b"403 Forbidden\n"),
+    429: (b"Too Many Requests", b"429 Too Many Requests: slow down.\n"),
     502: (b"Bad Gateway", b"502 Bad Gateway: the application did not answer.\n"),
     504: (b"Gateway Timeout", b"504 Gateway Timeout: the application took too long.\n"),
 }
@@ -96,15 +101,24 @@ def classify_error(flow: http.HTTPFlow, state: FlowState) -> ErrorType:
     return "upstream_reset"
 
 
-def make_reply(status: int, request_id: str, head_only: bool) -> bytes:
-    """A complete HTTP/1.1 error response that closes the connection."""
-    reason, body = _REPLIES[status]
+def make_reply(
+    status: int,
+    request_id: str,
+    head_only: bool,
+    *,
+    retry_after: int | None = None,
+    body: str | None = None,
+) -> bytes:
+    """A complete HTTP/1.1 response from proxylog itself that closes the connection."""
+    reason, default_body = _REPLIES.get(status, (b"Error", b"%d\n" % status))
+    content = default_body if body is None else body.encode("utf-8")
+    extra = b"retry-after: %d\r\n" % retry_after if retry_after is not None else b""
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-        b"x-request-id: %s\r\nconnection: close\r\n\r\n"
-        % (status, reason, len(body), request_id.encode("ascii"))
+        b"x-request-id: %s\r\n%sconnection: close\r\n\r\n"
+        % (status, reason, len(content), request_id.encode("ascii"), extra)
     )
-    return head if head_only else head + body
+    return head if head_only else head + content
 
 
 class ProxyLog:
@@ -189,14 +203,36 @@ class ProxyLog:
         state.mode = runtime.mode
         self.inflight += 1
         self._drained.clear()
+        if runtime.engine.enabled:
+            state.facts = facts_from_flow(flow, state, runtime.config.record)
         if flow.error or flow.response:
             return
         if state.host_headers > 1:
             self._reject(flow, state, 400, "request_invalid", "multiple Host headers")
             return
+        if state.facts is not None and self._apply(flow, state, runtime.engine.check(state.facts)):
+            return
         if flow.request.stream or state.chunked_upload:
             # Large or chunked uploads go straight to Puma, counted, never stored.
             state.request_counter = flow.request.stream = ByteCounter()
+
+    def _apply(self, flow: http.HTTPFlow, state: FlowState, verdict: Verdict) -> bool:
+        """Note the engine's request-time verdict on the flow, tell Puma the tags, and block
+        when enforcement applies (the mode, or the rule's own override). True if blocked."""
+        if verdict.tags:
+            state.tags = verdict.tags
+            tags = ",".join(verdict.tags).encode("ascii", "replace")
+            flow.request.headers.fields += ((b"X-Proxylog-Tags", tags),)
+        state.hits = verdict.rules
+        if not verdict.block:
+            return False
+        state.enforced = verdict.enforce if verdict.enforce is not None else state.mode == "enforce"
+        if not state.enforced:
+            state.action = "would_block"
+            return False
+        state.action = "blocked"
+        self._reply(flow, state, verdict.status, retry_after=verdict.retry_after, body=verdict.body)
+        return True
 
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
@@ -248,7 +284,8 @@ class ProxyLog:
         if state is None or state.done:
             return
         self._deadlines.pop(flow.id, None)
-        if state.error_type is None:
+        if state.error_type is None and state.replied_status is None:
+            # (when proxylog already answered, e.g. a block, this is just its own kill)
             state.error_type = classify_error(flow, state)
             state.error_message = flow.error.msg if flow.error else None
             self._reply_to_error(flow, state)
@@ -278,23 +315,44 @@ class ProxyLog:
         state.error_message = why
         self._reply(flow, state, status)
 
-    def _reply(self, flow: http.HTTPFlow, state: FlowState, status: int) -> None:
+    def _reply(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        status: int,
+        *,
+        retry_after: int | None = None,
+        body: str | None = None,
+    ) -> None:
         """Send proxylog's own response: written whole for HTTP/1 (see _write_reply), else a
-        normal mitmproxy response."""
-        if not self._write_reply(flow, state, status):
-            body = _REPLIES[status][1]
-            state.replied_status = status
-            state.replied_bytes = len(body)
-            flow.response = http.Response.make(status, body, {"X-Request-Id": state.request_id})
+        normal mitmproxy response (which, for HTTP/2, waits for the request body)."""
+        if self._write_reply(flow, state, status, retry_after=retry_after, body=body):
+            return
+        content = body.encode() if body is not None else _REPLIES[status][1]
+        headers = {"X-Request-Id": state.request_id, "Content-Type": "text/plain; charset=utf-8"}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        state.replied_status = status
+        state.replied_bytes = len(content)
+        flow.response = http.Response.make(status, content, headers)
 
     @staticmethod
-    def _write_reply(flow: http.HTTPFlow, state: FlowState, status: int) -> bool:
+    def _write_reply(
+        flow: http.HTTPFlow,
+        state: FlowState,
+        status: int,
+        *,
+        retry_after: int | None = None,
+        body: str | None = None,
+    ) -> bool:
         """Write a complete response straight to an HTTP/1 client and kill the flow, so that
         mitmproxy closes the connection instead of sending its own page or waiting for an
         unread request body. False when the client is not HTTP/1 or already gone."""
         if not (flow.killable and _connections.can_write_raw(flow)):
             return False
-        reply = make_reply(status, state.request_id, flow.request.method == "HEAD")
+        reply = make_reply(
+            status, state.request_id, flow.request.method == "HEAD", retry_after=retry_after, body=body
+        )
         if not _connections.write_to_client(flow, reply):
             return False
         flow.kill()
@@ -302,13 +360,26 @@ class ProxyLog:
         state.replied_bytes = len(reply)
         return True
 
+    @staticmethod
+    def _observe(state: FlowState, verdict: Verdict) -> None:
+        """Fold what the response told the engine into the record (tags and rule counts)."""
+        if verdict.tags:
+            state.tags = tuple(dict.fromkeys((*state.tags, *verdict.tags)))
+        if verdict.rules:
+            state.hits = (*state.hits, *verdict.rules)
+
     def _finish(self, flow: http.HTTPFlow, state: FlowState) -> None:
         if state.done or self.runtime is None:
             return
         state.done = True
         self._deadlines.pop(flow.id, None)
+        runtime = self.runtime
         try:
-            self.runtime.emit(record_from_flow(flow, state, self.runtime.config.record))
+            if state.facts is not None and state.action != "blocked":
+                self._observe(state, runtime.engine.observe(state.facts, status_sent(flow, state)))
+            runtime.emit(
+                record_from_flow(flow, state, runtime.config.record, body_parser=runtime.body_parser)
+            )
         finally:
             self.inflight -= 1
             if self.inflight <= 0:

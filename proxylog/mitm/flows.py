@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 
 from mitmproxy import http
 
+from proxylog.bodies import BodyParser
 from proxylog.config import RecordSpec
 from proxylog.identity import ClientIdentity, TrustedProxies, is_valid_request_id, new_request_id
-from proxylog.record import ALLOW, AccessRecord, Decision, ErrorType, cap_text
+from proxylog.record import AccessRecord, Action, ErrorType, RuleHit, cap_text
+from proxylog.rules import RequestFacts
 
 META = "proxylog"
 
@@ -64,8 +66,13 @@ class FlowState:
     host: bytes
     host_headers: int
     chunked_upload: bool
+    content_type: bytes | None
+    header_names: tuple[bytes, ...]
     truncated: list[str] = field(default_factory=list)
-    decision: Decision = ALLOW
+    facts: RequestFacts | None = None
+    action: Action = "allowed"
+    tags: tuple[str, ...] = ()
+    hits: tuple[RuleHit, ...] = ()
     enforced: bool = False
     mode: str = "monitor"
     request_counter: ByteCounter | None = None
@@ -119,7 +126,8 @@ def start_flow(flow: http.HTTPFlow, trusted: TrustedProxies, spec: RecordSpec) -
     forwarded_for: list[str] = []
     from_peer: dict[bytes, bytes] = {}
     found: dict[bytes, bytes] = {}
-    agent = client_request_id = None
+    agent = client_request_id = content_type = None
+    names: list[bytes] = []
     host = b""
     hosts = 0
     has_length = chunked = False
@@ -127,6 +135,7 @@ def start_flow(flow: http.HTTPFlow, trusted: TrustedProxies, spec: RecordSpec) -
     for name, value in request.headers.fields:
         head += len(name) + len(value) + 4
         lname = name.lower()
+        names.append(lname)
         if lname in capture:
             found[lname] = found[lname] + b", " + value if lname in found else value
         if b"_" in lname:
@@ -151,6 +160,8 @@ def start_flow(flow: http.HTTPFlow, trusted: TrustedProxies, spec: RecordSpec) -
             has_length = True
         elif lname == b"transfer-encoding":
             chunked = True
+        elif lname == b"content-type":
+            content_type = value
         kept.append((name, value))
 
     identity = trusted.resolve(flow.client_conn.peername[0], forwarded_for)
@@ -181,6 +192,8 @@ def start_flow(flow: http.HTTPFlow, trusted: TrustedProxies, spec: RecordSpec) -
         host=host or request.data.authority or request.data.host.encode("utf-8", "backslashreplace"),
         host_headers=hosts,
         chunked_upload=chunked and not has_length,
+        content_type=content_type,
+        header_names=tuple(names),
         truncated=truncated,
     )
     flow.metadata[META] = state
@@ -230,12 +243,32 @@ def start_response(flow: http.HTTPFlow, state: FlowState, spec: RecordSpec) -> b
     return has_body and not has_length
 
 
+def _latin1(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
 def _without_port(host: bytes) -> bytes:
     """``example.com:8080`` → ``example.com``; ``[::1]:8080`` → ``::1``."""
     if host.startswith(b"["):
         return host[1 : host.find(b"]")] if b"]" in host else host
     name, sep, port = host.rpartition(b":")
     return name if sep and port.isdigit() else host
+
+
+def facts_from_flow(flow: http.HTTPFlow, state: FlowState, spec: RecordSpec) -> RequestFacts:
+    """What the rule engine sees of this request (raw path and query, log-safe text)."""
+    raw_path, sep, raw_query = flow.request.data.path.partition(b"?")
+    scratch: list[str] = []  # truncation here is not the record's business
+    return RequestFacts(
+        ts=flow.request.timestamp_start,
+        client_ip=state.identity.ip,
+        method=text(flow.request.data.method, "", spec, scratch),
+        path=text(raw_path, "", spec, scratch),
+        query=text(raw_query, "", spec, scratch) if sep else None,
+        user_agent=state.user_agent,
+        header_names=frozenset(name.decode("latin-1") for name in state.header_names),
+        host=text(_without_port(state.host), "", spec, scratch),
+    )
 
 
 def status_sent(flow: http.HTTPFlow, state: FlowState) -> int | None:
@@ -251,9 +284,15 @@ def status_sent(flow: http.HTTPFlow, state: FlowState) -> int | None:
 
 
 def record_from_flow(
-    flow: http.HTTPFlow, state: FlowState, spec: RecordSpec, now: float | None = None
+    flow: http.HTTPFlow,
+    state: FlowState,
+    spec: RecordSpec,
+    now: float | None = None,
+    body_parser: BodyParser | None = None,
 ) -> AccessRecord:
-    """The access record for a finished (or failed) flow; pure apart from reading the clock."""
+    """The access record for a finished (or failed) flow; pure apart from reading the clock.
+    With a `body_parser` (opt-in body capture), a buffered request body is parsed into
+    ``request_body`` for the redactor to clean."""
     request = flow.request
     response = flow.response
     now = time.time() if now is None else now
@@ -263,9 +302,11 @@ def record_from_flow(
     query = text(raw_query, "url.query", spec, truncated) if sep else None
     domain = text(_without_port(state.host), "url.domain", spec, truncated)
 
-    request_body = (
-        state.request_counter.bytes if state.request_counter is not None else len(request.raw_content or b"")
-    )
+    content = request.raw_content if state.request_counter is None else None
+    body_bytes = state.request_counter.bytes if state.request_counter is not None else len(content or b"")
+    captured_body = None
+    if body_parser is not None and content:
+        captured_body = body_parser(_latin1(state.content_type), content)
     status = status_sent(flow, state)
     response_headers: tuple[tuple[str, str], ...] = ()
     response_body = response_head = 0
@@ -283,7 +324,6 @@ def record_from_flow(
         if request.timestamp_end and response.timestamp_start:
             upstream_ms = round((response.timestamp_start - request.timestamp_end) * 1000, 3)
 
-    decision = state.decision
     return AccessRecord(
         timestamp=request.timestamp_start,
         request_id=state.request_id,
@@ -300,18 +340,19 @@ def record_from_flow(
         request_headers=state.captured,
         response_headers=response_headers,
         status=status,
-        request_bytes=state.request_head_bytes + request_body,
-        request_body_bytes=request_body,
+        request_bytes=state.request_head_bytes + body_bytes,
+        request_body_bytes=body_bytes,
         response_bytes=response_head + response_body if status is not None else 0,
         response_body_bytes=response_body if status is not None else 0,
         duration_ns=max(0, int((now - request.timestamp_start) * 1_000_000_000)),
         upstream_ms=upstream_ms,
-        action=decision.action,
+        action=state.action,
         error_type=state.error_type,
         error_message=state.error_message,
         mode=state.mode,
         enforced=state.enforced,
-        tags=decision.tags,
-        rules=decision.rules,
+        tags=state.tags,
+        rules=state.hits,
         truncated=tuple(truncated),
+        request_body=captured_body,
     )

@@ -160,6 +160,13 @@ class LeanMaster(master.Master):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
+
+    def on_sighup(self) -> None:
+        """SIGHUP: reopen the sinks' files (for an external logrotate)."""
+        logger.warning("SIGHUP received, reopening sink files")
+        if self.proxylog.runtime is not None:
+            self.proxylog.runtime.reopen()
 
     def request_stop(self, reason: str = "stop") -> None:
         """First call: stop accepting and drain in-flight requests; second call: exit now."""

@@ -44,6 +44,12 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+class Reopenable(Protocol):
+    """A sink holding files that an external logrotate may move away."""
+
+    def reopen(self) -> None: ...
+
+
 @dataclass(slots=True)
 class SinkStats:
     """Counters for one sink. Each is written by one thread only (queue drops by the event
@@ -89,6 +95,7 @@ class SinkWorker:
         self._queue: collections.deque[bytes] = collections.deque()
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
+        self._reopen = threading.Event()
         self._in_flight = 0
         self._reported_drops = 0
         self._drops_since: float | None = None
@@ -113,6 +120,11 @@ class SinkWorker:
         if not self._wakeup.is_set():
             self._wakeup.set()
 
+    def reopen(self) -> None:
+        """Have the sink's thread reopen its files before its next write."""
+        self._reopen.set()
+        self._wakeup.set()
+
     def start(self) -> None:
         """Start the sink's thread (idempotent)."""
         if self._thread is None:
@@ -123,6 +135,9 @@ class SinkWorker:
         while not self._stopping.is_set():
             self._wakeup.wait()
             self._wakeup.clear()
+            if self._reopen.is_set():
+                self._reopen.clear()
+                self._do_reopen()
             if 0 < len(self._queue) < self.spec.batch and not self._stopping.is_set():
                 time.sleep(self._linger)
             while self._queue and not self._stopping.is_set():
@@ -131,6 +146,15 @@ class SinkWorker:
                 batch = [self._queue.popleft() for _ in range(count)]
                 self._deliver(batch)
                 self._in_flight = 0
+
+    def _do_reopen(self) -> None:
+        reopen = getattr(self.sink, "reopen", None)
+        if reopen is None:
+            return
+        try:
+            reopen()
+        except (SinkError, OSError) as e:
+            self._note_failure(e if isinstance(e, SinkError) else SinkError(str(e)))
 
     def _unreported_drops(self) -> int:
         return self.stats.dropped - self._reported_drops

@@ -40,6 +40,10 @@ class FileSink:
         except OSError as e:
             raise SinkError(f"cannot write {self.path}: {e.strerror or e}") from e
 
+    def reopen(self) -> None:
+        """Close the file so the next write opens `path` afresh (after logrotate moved it)."""
+        self.close()
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -1,0 +1,9 @@
+"""`proxylog redact-test`: show how a request would be logged. Placeholder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(commands: Any) -> None:
+    """Add the subcommand to the `proxylog` parser (nothing yet)."""
