@@ -85,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     # Feature modules add their own subcommands; each takes the subparsers object.
-    from proxylog import redact_cli
+    from proxylog import ctl, redact_cli
     from proxylog.rules import replay
     from proxylog.sinks import integrity
 
-    for register in (redact_cli.register, replay.register, integrity.register):
+    for register in (ctl.register, redact_cli.register, replay.register, integrity.register):
         register(commands)
     return parser
 
@@ -111,29 +111,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from proxylog._logging import setup_logging
-    from proxylog.mitm.master import LeanMaster, proxy_modes
+    from proxylog.mitm.master import proxy_modes, serve
 
-    config = _load(args.config).with_overrides(
-        upstream=args.upstream,
-        listen=args.listen,
-        modes=tuple(args.modes) if args.modes else None,
-        mode="enforce" if args.enforce else None,
-    )
-    if args.log_level:
-        config = replace(config, log=replace(config.log, level=args.log_level))
+    def flags(config: Config) -> Config:
+        """The command-line overrides, applied at start and again to every reloaded config."""
+        config = config.with_overrides(
+            upstream=args.upstream,
+            listen=args.listen,
+            modes=tuple(args.modes) if args.modes else None,
+        )
+        if args.log_level:
+            config = replace(config, log=replace(config.log, level=args.log_level))
+        return config
+
+    config = flags(_load(args.config))
     proxy_modes(config)  # validate before anything starts
     listener = setup_logging(config.log)
-
-    async def main() -> None:
-        master = LeanMaster(config)
-        master.install_signal_handlers()
-        await master.run()
-
     try:
-        asyncio.run(main())
+        return asyncio.run(serve(config, enforce=args.enforce, flags=flags))
     finally:
         listener.stop()
-    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

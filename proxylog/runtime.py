@@ -1,50 +1,113 @@
-"""The live runtime built from a Config: sinks, client identity, mode; shared by every hook."""
+"""The live runtime built from a Config: identity, redaction, rules, sinks, mode and metrics.
+
+One Runtime lives as long as the process. A reload compiles the new config's parts and swaps
+them in between two requests (everything here runs on the event loop), carrying over what
+must survive: rule counters and bans, sinks whose spec did not change, the live mode.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from proxylog.alerts import AlertDispatcher
 from proxylog.bodies import build_body_parser
-from proxylog.config import Config
+from proxylog.config import MODES, Config, ConfigError, load_config
 from proxylog.config.sinks import SinkSpec
 from proxylog.identity import TrustedProxies
-from proxylog.record import AccessRecord, encode_document, encode_record
+from proxylog.metrics import RequestMetrics
+from proxylog.record import AccessRecord, encode_document, encode_record, event_document
 from proxylog.redact import Redactor
-from proxylog.rules import RuleEngine
+from proxylog.rules import RuleEngine, RuleEvent
 from proxylog.sinks import Sink, SinkWorker, build_sink
+from proxylog.statefile import StateFile
 
 logger = logging.getLogger("proxylog")
+
+# Keys a reload cannot apply to a running process: they need new listening sockets.
+RESTART_KEYS = ("upstream", "listen", "modes", "state_dir")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did: `ok`, the error (naming the key path) if not, and warnings."""
+
+    ok: bool
+    error: str | None = None
+    warnings: tuple[str, ...] = ()
+    source: str | None = None
+
+
+@dataclass
+class _Options:
+    """Hooks the proxy layer registers: extra validation, and applying proxy options."""
+
+    validate: list[Callable[[Config], object]] = field(default_factory=list)
+    apply: list[Callable[[Config], None]] = field(default_factory=list)
 
 
 class Runtime:
     """Everything a request needs, compiled once per config. `emit` is the only way a record
     leaves the process; it is synchronous, never blocks and never raises."""
 
-    def __init__(self, config: Config, sinks: Sequence[Sink] | None = None) -> None:
-        """`sinks` replaces the configured sinks (tests pass a MemorySink)."""
+    def __init__(
+        self,
+        config: Config,
+        sinks: Sequence[Sink] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        state: StateFile | None = None,
+        flags: Callable[[Config], Config] | None = None,
+    ) -> None:
+        """`sinks` replaces the configured sinks (tests pass a MemorySink); `state` persists
+        the live mode and bans (None: nothing is persisted); `flags` re-applies command-line
+        overrides to a reloaded config."""
         self.config = config
+        self.flags = flags
+        self.clock = clock
         self.mode = config.mode
-        self.trusted = TrustedProxies(config.trusted_proxies)
-        self.redactor = Redactor(config.redact)
-        self.body_parser = build_body_parser(config.redact)
-        self.engine = RuleEngine(config.rules)
+        self.started = clock()
+        self.internal_errors = 0
+        self.metrics = RequestMetrics()
+        self.state = state
+        self.hooks = _Options()
+        self.alerts: AlertDispatcher | None = None
+        self._compile(config, previous=None)
         if sinks is None:
             self.workers = [SinkWorker(build_sink(spec), spec) for spec in config.sinks]
         else:
             self.workers = [SinkWorker(s, SinkSpec(type="custom", name=s.name)) for s in sinks]
-        self.emitted = 0
+        self._saved_bans: list[Any] | None = None
+        self._sink_health: dict[str, bool] = {}
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
-        """Start the sink workers on the running loop."""
-        for worker in self.workers:
-            worker.start()
+    def _compile(self, config: Config, previous: RuleEngine | None) -> None:
+        """Build the per-config parts; rule state (from `previous`) and alerts carry over."""
+        self.trusted = TrustedProxies(config.trusted_proxies)
+        self.redactor = Redactor(config.redact)
+        self.body_parser = build_body_parser(config.redact)
+        self.engine = RuleEngine(config.rules, self.clock, previous=previous, listener=self._on_rule_event)
+        if self.alerts is None or self.alerts.specs != config.alerts:
+            old, self.alerts = (
+                self.alerts,
+                (
+                    AlertDispatcher(config.alerts, self.emit_document, clock=self.clock)
+                    if config.alerts
+                    else None
+                ),
+            )
+            if old is not None:
+                old.close()
+
+    # -- the request path -------------------------------------------------------------------
 
     def emit(self, record: AccessRecord) -> None:
-        """Redact a record, encode it once and queue it on every sink."""
-        self.emitted += 1
+        """Count a record, redact it, encode it once and queue it on every sink."""
+        self.metrics.observe(record.status, record.action, record.upstream_ms)
         self._submit(encode_record(self.redactor(record), self.config.record.schema))
 
     def emit_document(self, doc: dict[str, Any]) -> None:
@@ -55,16 +118,166 @@ class Runtime:
         for worker in self.workers:
             worker.submit(line)
 
+    # -- operations -------------------------------------------------------------------------
+
+    def audit(self, command: str, who: str, old: Any = None, new: Any = None, **extra: Any) -> None:
+        """Put an operator action into the access stream: who did what, old and new value."""
+        audit = {"command": command, "who": who, "old": old, "new": new, **extra}
+        self.emit_document(event_document(f"audit.{command}", "configuration", self.clock(), audit=audit))
+
+    def set_mode(self, mode: str, who: str) -> str:
+        """Switch monitor ↔ enforce now (the next request sees it); audited and persisted.
+        Returns the previous mode; raises ValueError for an unknown mode."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        old, self.mode = self.mode, mode
+        self.audit("mode", who, old, mode)
+        self.persist()
+        return old
+
+    def restore(self) -> None:
+        """Reinstate the persisted mode and bans (at start-up, before serving)."""
+        if self.state is None:
+            return
+        saved = self.state.load()
+        if saved.get("mode") in MODES and saved["mode"] != self.mode:
+            logger.warning(
+                "mode %s restored from %s (config says %s)", saved["mode"], self.state.path, self.mode
+            )
+            self.mode = saved["mode"]
+        self.engine.restore_bans(self.state.bans(saved))
+        for cidr in saved.get("allow", []):
+            try:
+                self.engine.allow(cidr)
+            except ValueError as e:
+                logger.error("ignoring persisted allowlist entry %r: %s", cidr, e)
+
+    def persist(self) -> None:
+        """Write mode, bans and runtime allowlist entries to the state file (small, atomic)."""
+        if self.state is None:
+            return
+        bans = self.engine.bans()
+        configured = {str(net) for net in self.config.rules.allow}
+        allow = [cidr for cidr in self.engine.allowlist() if cidr not in configured]
+        try:
+            self.state.save(self.mode, bans, allow)
+            self._saved_bans = bans
+        except OSError as e:
+            logger.error("cannot persist state to %s: %s", self.state.path, e)
+
+    async def reload(self, who: str) -> ReloadResult:
+        """Re-read the config file, validate it whole and swap it in; a bad file keeps the old
+        config running. Audited either way; never raises."""
+        source = self.config.source
+        if source is None:
+            return ReloadResult(False, "no config file to reload (started without --config)")
+        try:
+            new = await asyncio.to_thread(load_config, source)
+            if self.flags is not None:
+                new = self.flags(new)
+            for validate in self.hooks.validate:
+                validate(new)
+        except ConfigError as e:
+            self.metrics.reloads["failed"] += 1
+            self.audit("reload", who, source, None, ok=False, error=str(e))
+            if self.alerts is not None:
+                self.alerts.notify("config_reload_failed", "config", source, error=str(e))
+            logger.error("reload of %s failed, keeping the running config: %s", source, e)
+            return ReloadResult(False, str(e), source=source)
+        warnings = tuple(
+            f"{key} changed: restart proxylog to apply it"
+            for key in RESTART_KEYS
+            if getattr(new, key) != getattr(self.config, key)
+        )
+        new = replace(new, **{key: getattr(self.config, key) for key in RESTART_KEYS})
+        self._compile(new, previous=self.engine)
+        await self._reconcile_sinks(new)
+        self.config = new
+        for apply in self.hooks.apply:
+            apply(new)
+        self.metrics.reloads["ok"] += 1
+        self.audit("reload", who, source, source, ok=True, warnings=list(warnings))
+        for warning in warnings:
+            logger.warning("reload: %s", warning)
+        return ReloadResult(True, warnings=warnings, source=source)
+
+    async def _reconcile_sinks(self, new: Config) -> None:
+        """Keep workers whose spec is unchanged (their queues survive), start new ones, flush
+        and close removed ones."""
+        current = {worker.spec: worker for worker in self.workers}
+        workers = []
+        for spec in new.sinks:
+            worker = current.pop(spec, None)
+            if worker is None:
+                worker = SinkWorker(build_sink(spec), spec)
+                worker.start()
+            workers.append(worker)
+        self.workers = workers
+        await asyncio.gather(*(old.close(self.config.timeouts.drain) for old in current.values()))
+
     def reopen(self) -> None:
         """Ask every sink to reopen its files (SIGHUP, after an external logrotate)."""
         for worker in self.workers:
             worker.reopen()
+
+    def _on_rule_event(self, event: RuleEvent) -> None:
+        if self.alerts is not None:
+            self.alerts.notify(
+                event.kind,
+                event.rule,
+                event.key,
+                count=event.count,
+                threshold=event.threshold,
+                until=event.until,
+            )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the sink workers and the background upkeep on the running loop."""
+        for worker in self.workers:
+            worker.start()
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._upkeep(), name="proxylog upkeep")]
+
+    async def _upkeep(self) -> None:
+        """Every second: alert on sinks turning unhealthy; every few: persist changed bans and
+        refresh threat-intel files (off the loop)."""
+        tick = 0
+        while True:
+            await asyncio.sleep(1.0)
+            tick += 1
+            try:
+                self._watch_sinks()
+                if tick % 10 == 0:
+                    if self.engine.bans() != self._saved_bans:
+                        self.persist()
+                    await asyncio.to_thread(self.engine.refresh)
+            except Exception:
+                self.internal_errors += 1
+                logger.exception("runtime upkeep failed")
+
+    def _watch_sinks(self) -> None:
+        for worker in self.workers:
+            was = self._sink_health.get(worker.name, True)
+            now = worker.stats.healthy
+            if was and not now and self.alerts is not None:
+                self.alerts.notify("sink_failure", "sink", worker.name, error=worker.stats.last_error)
+            self._sink_health[worker.name] = now
 
     async def flush(self, timeout: float) -> bool:
         results = await asyncio.gather(*(w.flush(timeout) for w in self.workers))
         return all(results)
 
     async def close(self, timeout: float = 10.0) -> int:
-        """Flush every sink for up to `timeout` seconds and close them; returns records lost."""
+        """Persist state, flush every sink for up to `timeout` seconds and close them; returns
+        the records lost."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+        self.persist()
+        if self.alerts is not None:
+            self.alerts.close()
         lost = await asyncio.gather(*(w.close(timeout) for w in self.workers))
         return sum(lost)

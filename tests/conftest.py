@@ -71,6 +71,7 @@ class Proxylog:
         config = {"sinks": [{"type": "file", "path": str(self.records_path)}], **config}
         config.setdefault("listen", "127.0.0.1:0")
         config.setdefault("state_dir", str(workdir / "state"))
+        self.control_socket = Path(config.get("control", {}).get("socket") or Path(config["state_dir"]) / "control.sock")
         self.config_path = workdir / "proxylog.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.stderr_lines: list[str] = []

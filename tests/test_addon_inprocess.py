@@ -26,7 +26,7 @@ async def test_a_flow_cycle_emits_one_record(memory_addon) -> None:
         flow.request.headers["X_Forwarded_For"] = "6.6.6.6"
         await tctx.cycle(addon, flow)
         await addon.runtime.flush(5)
-    assert addon.internal_errors == 0
+    assert addon.runtime.internal_errors == 0
     [doc] = sink.documents()
     assert doc["url"]["path"] == "/path"
     assert doc["http"]["response"]["status_code"] == 200
@@ -46,7 +46,7 @@ async def test_an_errored_flow_is_recorded_once(memory_addon) -> None:
         await tctx.cycle(addon, flow)
         addon.error(flow)  # a second error hook must not add a record
         await addon.runtime.flush(5)
-    assert addon.internal_errors == 0
+    assert addon.runtime.internal_errors == 0
     [doc] = sink.documents()
     assert doc["error"]["type"] == "upstream_connect"
 

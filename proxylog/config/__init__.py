@@ -11,17 +11,28 @@ from typing import Any, Literal
 import yaml
 
 from proxylog.config._reader import IPNetwork, Node, parse_duration, parse_host_port, parse_size
+from proxylog.config.ops import (
+    AlertSpec,
+    ControlSpec,
+    MetricsSpec,
+    parse_alerts,
+    parse_control,
+    parse_metrics,
+)
 from proxylog.config.redact import RedactSpec, parse_redact
 from proxylog.config.rules import RulesSpec, parse_rules
 from proxylog.config.sinks import FileSpec, SinkSpec, StdoutSpec, parse_sinks
 from proxylog.errors import ConfigError
 
 __all__ = [
+    "AlertSpec",
     "Config",
     "ConfigError",
+    "ControlSpec",
     "FileSpec",
     "LimitSpec",
     "LogSpec",
+    "MetricsSpec",
     "RecordSpec",
     "RedactSpec",
     "RulesSpec",
@@ -103,8 +114,16 @@ class Config:
     rules: RulesSpec = field(default_factory=RulesSpec)
     sinks: tuple[SinkSpec, ...] = (StdoutSpec(type="stdout", name="stdout"),)
     log: LogSpec = field(default_factory=LogSpec)
+    control: ControlSpec = field(default_factory=ControlSpec)
+    metrics: MetricsSpec = field(default_factory=MetricsSpec)
+    alerts: tuple[AlertSpec, ...] = ()
     state_dir: str = field(default_factory=lambda: default_state_dir())
     source: str | None = None
+
+    @property
+    def control_socket(self) -> str:
+        """The control socket path: `control.socket`, else ``<state_dir>/control.sock``."""
+        return self.control.socket or os.path.join(self.state_dir, "control.sock")
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with command-line overrides applied (None values are ignored)."""
@@ -136,6 +155,9 @@ _TOP_KEYS = frozenset(
         "rules",
         "intel",
         "allow",
+        "control",
+        "metrics",
+        "alerts",
     }
 )
 
@@ -169,6 +191,12 @@ def parse_config(data: Any, source: str | None = None) -> Config:
         kwargs["redact"] = parse_redact(fields.require("redact"))
     if any(key in fields for key in ("rules", "intel", "allow")):
         kwargs["rules"] = parse_rules(fields.get("rules"), fields.get("intel"), fields.get("allow"))
+    if "control" in fields:
+        kwargs["control"] = parse_control(fields.require("control"))
+    if "metrics" in fields:
+        kwargs["metrics"] = parse_metrics(fields.require("metrics"))
+    if "alerts" in fields:
+        kwargs["alerts"] = parse_alerts(fields.require("alerts"))
     if "state_dir" in fields:
         kwargs["state_dir"] = os.path.expanduser(fields.require("state_dir").string())
     return Config(**kwargs)

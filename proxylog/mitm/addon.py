@@ -76,8 +76,8 @@ def guarded[**P](hook: Callable[P, None]) -> Callable[P, None]:
             hook(*args, **kwargs)
         except Exception:
             addon = args[0]
-            if isinstance(addon, ProxyLog):
-                addon.internal_errors += 1
+            if isinstance(addon, ProxyLog) and addon.runtime is not None:
+                addon.runtime.internal_errors += 1
             logger.exception("internal error in %s hook", hook.__name__)
 
     return wrapper
@@ -130,7 +130,6 @@ class ProxyLog:
         self._preset = config or (runtime.config if runtime else None)
         self.runtime: Runtime | None = runtime
         self.inflight = 0
-        self.internal_errors = 0
         self._deadlines: dict[str, tuple[float, http.HTTPFlow]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()

@@ -25,6 +25,68 @@ from proxylog.mitm.addon import ProxyLog
 logger = logging.getLogger("proxylog")
 
 
+async def serve(
+    config: Config, *, enforce: bool = False, flags: Callable[[Config], Config] | None = None
+) -> int:
+    """Run `proxylog serve` until SIGTERM/SIGINT: build the runtime (restoring persisted mode
+    and bans), start the control and metrics endpoints, then the proxy. Returns the exit code."""
+    from proxylog.control import ControlServer, MetricsServer
+    from proxylog.runtime import Runtime
+    from proxylog.statefile import StateFile
+
+    runtime = Runtime(config, state=StateFile(config.state_dir), flags=flags)
+    runtime.restore()
+    if enforce and runtime.mode != "enforce":
+        runtime.set_mode("enforce", "proxylog serve --enforce")
+    addon = ProxyLog(runtime=runtime)
+    master = LeanMaster(config, addon)
+    runtime.hooks.validate.append(proxy_modes)
+    runtime.hooks.apply.append(master.apply_options)
+    control = ControlServer(runtime, extra_status=lambda: {"inflight": addon.inflight})
+    metrics = MetricsServer(runtime)
+    try:
+        await control.start()
+        await metrics.start()
+    except OSError as e:
+        await control.stop()
+        print(f"proxylog: cannot start the control or metrics endpoint: {e}", file=sys.stderr)
+        return 1
+    watcher = (
+        asyncio.get_running_loop().create_task(_watch(runtime))
+        if config.control.watch and config.source
+        else None
+    )
+    master.install_signal_handlers()
+    try:
+        await master.run()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await metrics.stop()
+        await control.stop()
+    return 0
+
+
+async def _watch(runtime: Any) -> None:
+    """Reload when the config file's mtime or size changes (`control.watch`)."""
+    source = runtime.config.source
+
+    def stamp() -> tuple[float, int] | None:
+        try:
+            st = os.stat(source)
+        except OSError:
+            return None
+        return st.st_mtime, st.st_size
+
+    last = stamp()
+    while True:
+        await asyncio.sleep(runtime.config.control.watch_interval)
+        current = stamp()
+        if current is not None and current != last:
+            last = current
+            await runtime.reload("file watch")
+
+
 def proxy_modes(config: Config) -> list[str]:
     """mitmproxy mode specs: `modes:` verbatim, else reverse to `upstream` at `listen`."""
     if config.modes:
@@ -163,10 +225,21 @@ class LeanMaster(master.Master):
         loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
 
     def on_sighup(self) -> None:
-        """SIGHUP: reopen the sinks' files (for an external logrotate)."""
-        logger.warning("SIGHUP received, reopening sink files")
-        if self.proxylog.runtime is not None:
-            self.proxylog.runtime.reopen()
+        """SIGHUP: reload the config file (a bad one keeps the old config) and reopen the
+        sinks' files (for an external logrotate)."""
+        runtime = self.proxylog.runtime
+        if runtime is None:
+            return
+        logger.warning("SIGHUP received: reloading the config and reopening sink files")
+        runtime.reopen()
+        if runtime.config.source is not None:
+            asyncio.get_running_loop().create_task(runtime.reload("SIGHUP"))
+
+    def apply_options(self, config: Config) -> None:
+        """Apply a reloaded config's proxy options (bodies, idle timeout); modes need a restart."""
+        opts = master_options(config, proxy_modes(config))
+        del opts["mode"], opts["confdir"]
+        self.options.update(**opts)
 
     def request_stop(self, reason: str = "stop") -> None:
         """First call: stop accepting and drain in-flight requests; second call: exit now."""

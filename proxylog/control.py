@@ -1,0 +1,307 @@
+"""The admin API: mode, bans, allowlist, reload, reopen, status and stats, over a 0600 Unix
+socket (peer must be our own user or root) and optionally TCP on loopback with a bearer token.
+
+Every command is a handler in one dict. A handler never raises to the socket: it answers
+``{"ok": false, "error": ...}``. Every change is audited into the access stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from proxylog import __version__
+from proxylog._httpserver import Request, Response, connection_handler
+from proxylog.config import parse_duration
+from proxylog.metrics import build_registry, exposition
+from proxylog.runtime import Runtime
+from proxylog.secrets import read_secret
+
+logger = logging.getLogger("proxylog.control")
+
+Command = Callable[["ControlServer", Request, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class CommandError(Exception):
+    """A command refused its input; the message goes back to the caller."""
+
+
+def _who(request: Request) -> str:
+    if request.peer_uid is not None:
+        return f"uid {request.peer_uid} pid {request.peer_pid} (unix socket)"
+    return f"{request.peer} (tcp, token)"
+
+
+def _text(args: dict[str, Any], name: str) -> str:
+    value = args.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise CommandError(f"`{name}` is required")
+    return value.strip()
+
+
+async def _status(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    runtime = server.runtime
+    return {
+        "version": __version__,
+        "mode": runtime.mode,
+        "uptime_s": round(runtime.clock() - runtime.started, 1),
+        "config": runtime.config.source,
+        "bans": len(runtime.engine.bans()),
+        "sinks": [
+            {
+                "name": w.name,
+                "healthy": w.stats.healthy,
+                "queued": w.depth,
+                "dropped": w.stats.dropped,
+                "last_error": w.stats.last_error,
+            }
+            for w in runtime.workers
+        ],
+        **server.extra_status(),
+    }
+
+
+async def _mode(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    mode = args.get("mode")
+    if mode is None:
+        return {"mode": server.runtime.mode}
+    try:
+        old = server.runtime.set_mode(str(mode), _who(request))
+    except ValueError as e:
+        raise CommandError(str(e)) from e
+    return {"mode": server.runtime.mode, "previous": old}
+
+
+async def _bans(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    return {"bans": [asdict(ban) for ban in server.runtime.engine.bans()]}
+
+
+async def _ban(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    key = _text(args, "key")
+    try:
+        ttl = parse_duration(args.get("ttl", "1h"))
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        ban = server.runtime.engine.ban(key, ttl, "manual", args.get("reason"))
+    except ValueError as e:
+        raise CommandError(f"cannot ban {key!r}: {e}") from e
+    server.runtime.audit("ban", _who(request), None, asdict(ban))
+    server.runtime.persist()
+    return {"ban": asdict(ban)}
+
+
+async def _unban(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    key = _text(args, "key")
+    lifted = server.runtime.engine.unban(key)
+    if lifted:
+        server.runtime.audit("unban", _who(request), key, None)
+        server.runtime.persist()
+    return {"key": key, "lifted": lifted}
+
+
+async def _allowlist(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    return {"allow": server.runtime.engine.allowlist()}
+
+
+async def _allow(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    cidr = _text(args, "cidr")
+    try:
+        server.runtime.engine.allow(cidr)
+    except ValueError as e:
+        raise CommandError(f"cannot allowlist {cidr!r}: {e}") from e
+    server.runtime.audit("allow", _who(request), None, cidr)
+    server.runtime.persist()
+    return {"allow": server.runtime.engine.allowlist()}
+
+
+async def _disallow(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    cidr = _text(args, "cidr")
+    removed = server.runtime.engine.disallow(cidr)
+    if removed:
+        server.runtime.audit("disallow", _who(request), cidr, None)
+        server.runtime.persist()
+    return {"cidr": cidr, "removed": removed, "allow": server.runtime.engine.allowlist()}
+
+
+async def _reload(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    result = await server.runtime.reload(_who(request))
+    if not result.ok:
+        raise CommandError(f"reload failed, the running config is unchanged: {result.error}")
+    return {"config": result.source, "warnings": list(result.warnings)}
+
+
+async def _reopen(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    server.runtime.reopen()
+    server.runtime.audit("reopen", _who(request))
+    return {"reopened": [w.name for w in server.runtime.workers]}
+
+
+async def _stats(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    runtime = server.runtime
+    metrics = runtime.metrics
+    return {
+        "requests": {f"{klass}/{action}": n for (klass, action), n in sorted(metrics.requests.items())},
+        "upstream": {"count": metrics.upstream_count, "sum_s": round(metrics.upstream_sum, 3)},
+        "rules": runtime.engine.stats(),
+        "sinks": {
+            w.name: {**asdict(w.stats), "queued": w.depth, "dropped": w.stats.dropped}
+            for w in runtime.workers
+        },
+        "reloads": dict(metrics.reloads),
+        "alerts": None
+        if runtime.alerts is None
+        else {
+            "sent": runtime.alerts.sent,
+            "failed": runtime.alerts.failed,
+            "suppressed": runtime.alerts.suppressed,
+        },
+        "internal_errors": runtime.internal_errors,
+    }
+
+
+COMMANDS: dict[tuple[str, str], Command] = {
+    ("GET", "/status"): _status,
+    ("GET", "/mode"): _mode,
+    ("POST", "/mode"): _mode,
+    ("GET", "/bans"): _bans,
+    ("POST", "/ban"): _ban,
+    ("POST", "/unban"): _unban,
+    ("GET", "/allow"): _allowlist,
+    ("POST", "/allow"): _allow,
+    ("POST", "/disallow"): _disallow,
+    ("POST", "/reload"): _reload,
+    ("POST", "/reopen"): _reopen,
+    ("GET", "/stats"): _stats,
+}
+
+
+def _json(status: int, payload: dict[str, Any]) -> Response:
+    return Response(status, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS))
+
+
+def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[str, int | None, int | None]:
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        return "unix", uid, pid
+    peer = writer.get_extra_info("peername")
+    return (f"{peer[0]}:{peer[1]}" if peer else "unknown"), None, None
+
+
+class ControlServer:
+    """Serves COMMANDS on the Unix socket (and TCP when configured)."""
+
+    def __init__(self, runtime: Runtime, extra_status: Callable[[], dict[str, Any]] = dict) -> None:
+        self.runtime = runtime
+        self.extra_status = extra_status
+        spec = runtime.config.control
+        self.token = read_secret(spec.token_file, spec.token_env, "control") if spec.tcp else None
+        self.path = runtime.config.control_socket
+        self._servers: list[asyncio.Server] = []
+
+    async def start(self) -> None:
+        """Bind the socket 0600 (the directory is created 0700 if missing); raises OSError."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.exists(self.path) and _socket_alive(self.path):
+                raise OSError(f"another proxylog already serves {self.path}")
+            os.unlink(self.path)
+        serve = connection_handler(self.handle, _peer_credentials)
+        old_umask = os.umask(0o177)  # the socket is created 0600, with no window where it is wider
+        try:
+            self._servers.append(await asyncio.start_unix_server(serve, self.path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        if (tcp := self.runtime.config.control.tcp) is not None:
+            self._servers.append(await asyncio.start_server(serve, tcp[0], tcp[1]))
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers = []
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    async def handle(self, request: Request) -> Response:
+        if request.peer_uid is not None:
+            if request.peer_uid not in (os.getuid(), 0):
+                return _json(
+                    403, {"ok": False, "error": "only the owner of the proxylog process may connect"}
+                )
+        elif not self._token_ok(request.headers.get("authorization", "")):
+            return _json(401, {"ok": False, "error": "missing or wrong bearer token"})
+        command = COMMANDS.get((request.method, request.path))
+        if command is None:
+            known = sorted({path for _, path in COMMANDS})
+            return _json(
+                404,
+                {"ok": False, "error": f"unknown command {request.method} {request.path}", "commands": known},
+            )
+        try:
+            args = orjson.loads(request.body) if request.body else {}
+            if not isinstance(args, dict):
+                raise CommandError("the body must be a JSON object")
+            return _json(200, {"ok": True, **await command(self, request, args)})
+        except orjson.JSONDecodeError as e:
+            return _json(400, {"ok": False, "error": f"invalid JSON body: {e}"})
+        except CommandError as e:
+            return _json(400, {"ok": False, "error": str(e)})
+
+    def _token_ok(self, header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        return (
+            self.token is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(token.strip().encode(), self.token.encode())
+        )
+
+
+def _socket_alive(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+        return True
+
+
+class MetricsServer:
+    """Prometheus text exposition on ``GET /metrics`` at a loopback address."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.registry = build_registry(runtime)
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        listen = self.runtime.config.metrics.listen
+        if listen is not None:
+            serve = connection_handler(self.handle, _peer_credentials)
+            self._server = await asyncio.start_server(serve, listen[0], listen[1])
+
+    @property
+    def port(self) -> int | None:
+        return self._server.sockets[0].getsockname()[1] if self._server else None
+
+    async def handle(self, request: Request) -> Response:
+        if (request.method, request.path) != ("GET", "/metrics"):
+            return Response(404, b"only GET /metrics here\n", "text/plain")
+        return Response(200, exposition(self.registry), "text/plain; version=0.0.4; charset=utf-8")
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None

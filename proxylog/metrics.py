@@ -1,0 +1,143 @@
+"""Prometheus metrics. The request path only bumps plain counters; everything else is read
+from the live runtime when Prometheus scrapes, so metrics cost nothing between scrapes.
+Labels carry only config-defined names (rule ids, sink names), never request data."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+
+if TYPE_CHECKING:
+    from proxylog.runtime import Runtime
+
+UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_STATUS_CLASS = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class RequestMetrics:
+    """Counters updated once per request: by status class and action, and the upstream
+    latency histogram (a dict increment and a bisect)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str], int] = {}
+        self.buckets = [0] * (len(UPSTREAM_BUCKETS) + 1)
+        self.upstream_sum = 0.0
+        self.upstream_count = 0
+        self.reloads = {"ok": 0, "failed": 0}
+
+    def observe(self, status: int | None, action: str, upstream_ms: float | None) -> None:
+        klass = _STATUS_CLASS[status // 100] if status is not None and 100 <= status < 600 else "none"
+        key = (klass, action)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if upstream_ms is not None:
+            seconds = upstream_ms / 1000
+            self.buckets[bisect.bisect_left(UPSTREAM_BUCKETS, seconds)] += 1
+            self.upstream_sum += seconds
+            self.upstream_count += 1
+
+
+class RuntimeCollector:
+    """A prometheus-client collector reading the runtime at scrape time."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        runtime = self.runtime
+        metrics = runtime.metrics
+
+        requests = CounterMetricFamily(
+            "proxylog_requests",
+            "Requests by response status class and action.",
+            labels=["status_class", "action"],
+        )
+        for (klass, action), count in sorted(metrics.requests.items()):
+            requests.add_metric([klass, action], count)
+        yield requests
+
+        cumulative, total = [], 0
+        for bound, count in zip((*UPSTREAM_BUCKETS, float("inf")), metrics.buckets, strict=True):
+            total += count
+            cumulative.append((str(bound) if bound != float("inf") else "+Inf", total))
+        yield HistogramMetricFamily(
+            "proxylog_upstream_latency_seconds",
+            "Puma's time to first response byte.",
+            buckets=cumulative,
+            sum_value=metrics.upstream_sum,
+        )
+
+        mode = GaugeMetricFamily(
+            "proxylog_mode", "The live rule mode (1 for the current one).", labels=["mode"]
+        )
+        for name in ("monitor", "enforce"):
+            mode.add_metric([name], 1.0 if runtime.mode == name else 0.0)
+        yield mode
+
+        stats = runtime.engine.stats()
+        hits = CounterMetricFamily("proxylog_rule_hits", "Requests each rule matched.", labels=["rule"])
+        for rule, count in sorted(dict(stats.get("rule_hits", {})).items()):  # type: ignore[call-overload]
+            hits.add_metric([rule], count)
+        yield hits
+        yield GaugeMetricFamily("proxylog_active_bans", "Active bans.", value=len(runtime.engine.bans()))
+
+        yield from _sink_metrics(runtime)
+
+        reloads = CounterMetricFamily(
+            "proxylog_config_reloads", "Config reloads by result.", labels=["result"]
+        )
+        for result, count in metrics.reloads.items():
+            reloads.add_metric([result], count)
+        yield reloads
+        yield CounterMetricFamily(
+            "proxylog_internal_errors",
+            "Exceptions caught inside proxylog's hooks.",
+            value=runtime.internal_errors,
+        )
+        if runtime.alerts is not None:
+            alerts = CounterMetricFamily("proxylog_alerts", "Alert webhook deliveries.", labels=["result"])
+            alerts.add_metric(["sent"], runtime.alerts.sent)
+            alerts.add_metric(["failed"], runtime.alerts.failed)
+            alerts.add_metric(["suppressed"], runtime.alerts.suppressed)
+            yield alerts
+
+
+def _sink_metrics(runtime: Runtime) -> Iterator[Metric]:
+    labels = ["sink"]
+    depth = GaugeMetricFamily(
+        "proxylog_sink_queue_depth", "Records waiting in a sink's queue.", labels=labels
+    )
+    written = CounterMetricFamily("proxylog_sink_written", "Records a sink delivered.", labels=labels)
+    dropped = CounterMetricFamily("proxylog_sink_dropped", "Records a sink lost (counted).", labels=labels)
+    retries = CounterMetricFamily("proxylog_sink_retries", "Batch retries.", labels=labels)
+    healthy = GaugeMetricFamily(
+        "proxylog_sink_healthy", "1 when the sink's last write succeeded.", labels=labels
+    )
+    for worker in runtime.workers:
+        stats = worker.stats
+        depth.add_metric([worker.name], worker.depth)
+        written.add_metric([worker.name], stats.written)
+        dropped.add_metric([worker.name], stats.dropped)
+        retries.add_metric([worker.name], stats.retries)
+        healthy.add_metric([worker.name], 1.0 if stats.healthy else 0.0)
+    yield from (depth, written, dropped, retries, healthy)
+
+
+def build_registry(runtime: Runtime) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RuntimeCollector(runtime))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text exposition format for a scrape."""
+    return generate_latest(registry)
