@@ -34,6 +34,7 @@ class RequestMetrics:
         self.upstream_sum = 0.0
         self.upstream_count = 0
         self.reloads = {"ok": 0, "failed": 0}
+        self.header_timeouts = 0
 
     def observe(self, status: int | None, action: str, upstream_ms: float | None) -> None:
         klass = _STATUS_CLASS[status // 100] if status is not None and 100 <= status < 600 else "none"
@@ -98,6 +99,11 @@ class RuntimeCollector:
         for result, count in metrics.reloads.items():
             reloads.add_metric([result], count)
         yield reloads
+        yield CounterMetricFamily(
+            "proxylog_header_timeouts",
+            "Client connections closed for not sending complete request headers in time.",
+            value=metrics.header_timeouts,
+        )
         yield CounterMetricFamily(
             "proxylog_internal_errors",
             "Exceptions caught inside proxylog's hooks.",

@@ -331,3 +331,39 @@ def test_puma_restart_is_survived(tmp_path, start_proxylog) -> None:
     finally:
         upstream.stop()
     assert [r["http"]["response"]["status_code"] for r in proxy.records(count=3)] == [200, 502, 200]
+
+
+def _trickle_until_closed(sock: socket.socket, data: bytes, limit_s: float = 20.0) -> bool:
+    """Send `data` a byte every 200 ms; True if the proxy closed the connection meanwhile."""
+    deadline = time.monotonic() + limit_s
+    for byte in data:
+        if time.monotonic() > deadline:
+            return False
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return True
+        sock.settimeout(0.2)
+        try:
+            if sock.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def test_slowloris_headers_are_cut_off(start_proxylog) -> None:
+    """A client trickling header bytes is disconnected after timeouts.header, on a new connection and
+    between keep-alive requests, while other clients are served."""
+    proxy = start_proxylog({"timeouts": {"header": "1s"}})
+    slow_head = b"GET /slow HTTP/1.1\r\nHost: app\r\n" + b"X-Pad: " + b"a" * 200
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        assert _trickle_until_closed(sock, slow_head)
+    assert request(proxy.url, "/fine").status == 200
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"GET /first HTTP/1.1\r\nHost: app\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert _trickle_until_closed(sock, slow_head)
+    assert [r["url"]["path"] for r in proxy.records(count=2)] == ["/fine", "/first"]

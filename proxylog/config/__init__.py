@@ -56,11 +56,13 @@ LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 
 @dataclass(frozen=True, slots=True)
 class TimeoutSpec:
-    """Seconds: upstream = request end → response headers; drain = shutdown grace; idle = keep-alive."""
+    """Seconds: upstream = request end → response headers; drain = shutdown grace; idle = keep-alive;
+    header = a connection's time to send complete request headers (slowloris guard, 0 = off)."""
 
     upstream: float = 60.0
     drain: float = 30.0
     idle: float = 120.0
+    header: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,12 +218,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def _parse_timeouts(node: Node) -> TimeoutSpec:
-    fields = node.fields({"upstream", "drain", "idle"})
+    fields = node.fields({"upstream", "drain", "idle", "header"})
     defaults = TimeoutSpec()
     return TimeoutSpec(
         upstream=_opt(fields.get("upstream"), lambda n: n.duration(min=0.001), defaults.upstream),
         drain=_opt(fields.get("drain"), lambda n: n.duration(), defaults.drain),
         idle=_opt(fields.get("idle"), lambda n: n.duration(min=1), defaults.idle),
+        header=_opt(fields.get("header"), lambda n: n.duration(), defaults.header),
     )
 
 

@@ -9,6 +9,7 @@ use the proxyserver addon's live connection table, the same one its `inject.*` c
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from mitmproxy import ctx, http
 from mitmproxy.proxy.mode_servers import ProxyConnectionHandler
@@ -55,3 +56,14 @@ def abort_upstream(flow: http.HTTPFlow, reason: str) -> bool:
             io.handler.cancel(reason)
             aborted = True
     return aborted
+
+
+def close_client(client: Any, reason: str) -> bool:
+    """Close a client connection (no request in progress on it); False if it is gone."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(client.id) if proxyserver is not None else None
+    io = handler.transports.get(client) if handler is not None else None
+    if io is None or io.handler is None:
+        return False
+    io.handler.cancel(reason)
+    return True

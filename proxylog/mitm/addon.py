@@ -131,6 +131,7 @@ class ProxyLog:
         self.runtime: Runtime | None = runtime
         self.inflight = 0
         self._deadlines: dict[str, tuple[float, http.HTTPFlow]] = {}
+        self._header_deadlines: dict[str, tuple[float, Any]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._drained.set()
@@ -198,6 +199,7 @@ class ProxyLog:
         runtime = self.runtime
         if runtime is None or state_of(flow) is not None:
             return
+        self._header_deadlines.pop(flow.client_conn.id, None)
         state = start_flow(flow, runtime.trusted, runtime.config.record)
         state.mode = runtime.mode
         self.inflight += 1
@@ -251,6 +253,34 @@ class ProxyLog:
                     break
                 del self._deadlines[flow_id]
                 self._upstream_timeout(flow)
+            while self._header_deadlines:
+                client_id, (deadline, client) = next(iter(self._header_deadlines.items()))
+                if deadline > now:
+                    break
+                del self._header_deadlines[client_id]
+                self._header_timeout(client)
+
+    def _await_headers(self, client: Any) -> None:
+        """Arm the header deadline: the client must send complete request headers in time.
+        (Popped first so the entry moves to the end: dict order stays deadline order.)"""
+        timeout = self.runtime.config.timeouts.header if self.runtime is not None else 0
+        self._header_deadlines.pop(client.id, None)
+        if timeout > 0:
+            self._header_deadlines[client.id] = (time.monotonic() + timeout, client)
+
+    @guarded
+    def _header_timeout(self, client: Any) -> None:
+        if _connections.close_client(client, "proxylog: request headers too slow") and self.runtime:
+            self.runtime.metrics.header_timeouts += 1
+            logger.info("closed %s: no complete request headers in time", client.peername[0])
+
+    @guarded
+    def client_connected(self, client: Any) -> None:
+        self._await_headers(client)
+
+    @guarded
+    def client_disconnected(self, client: Any) -> None:
+        self._header_deadlines.pop(client.id, None)
 
     @guarded
     def _upstream_timeout(self, flow: http.HTTPFlow) -> None:
@@ -372,6 +402,11 @@ class ProxyLog:
             return
         state.done = True
         self._deadlines.pop(flow.id, None)
+        keep_alive = flow.request.http_version.startswith("HTTP/1") and not (
+            flow.websocket or (flow.response is not None and flow.response.status_code == 101)
+        )
+        if keep_alive and flow.client_conn.connected:
+            self._await_headers(flow.client_conn)  # the next request on this connection
         runtime = self.runtime
         try:
             if state.facts is not None and state.action != "blocked":
