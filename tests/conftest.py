@@ -53,6 +53,13 @@ class Puma:
         )
         wait_for_port(self.port)
 
+    def seen(self, prefix: str = "") -> list[str]:
+        """Every path (with query) this Puma received, in order, filtered by `prefix`."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/__seen", timeout=10) as response:
+            return [p for p in orjson.loads(response.read()) if p.startswith(prefix)]
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -8,14 +8,23 @@
 #   GET  /chunked?mb=N          streams N MiB with chunked encoding (no Content-Length)
 #   GET  /reset                 promises 100000 bytes, sends 10, then drops the connection
 #   POST /login                 401 unless the form says password=letmein
+#   GET  /__seen                the paths (with query) of every request this Puma received, in order
 #   ANY  anything else          JSON echo with status 200
 require "json"
 
 CHUNK = ("x" * 65_536).freeze
 
 class Echo
+  def initialize
+    @seen = []
+    @lock = Mutex.new
+  end
+
   def call(env)
     req = Rack::Request.new(env)
+    return [200, {"content-type" => "application/json"}, [JSON.generate(@lock.synchronize { @seen.dup })]] if req.path_info == "/__seen"
+
+    @lock.synchronize { @seen << req.fullpath.sub(%r{\Ahttps?://[^/]+}, "") }
     case req.path_info
     when %r{\A/status/(\d{3})\z} then echo(env, Regexp.last_match(1).to_i)
     when "/slow"
