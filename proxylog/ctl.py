@@ -141,8 +141,8 @@ def socket_from_config(path: str) -> str:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError("", f"cannot read {path} to find the control socket ({e}); pass --socket") from e
     control = data.get("control") if isinstance(data, dict) else None
-    if isinstance(control, dict) and isinstance(control.get("socket"), str):
-        return os.path.expanduser(control["socket"])
+    if isinstance(control, dict) and isinstance(socket_path := control.get("socket"), str):
+        return os.path.expanduser(socket_path)
     state_dir = data.get("state_dir") if isinstance(data, dict) else None
     if isinstance(state_dir, str):
         return os.path.join(os.path.expanduser(state_dir), "control.sock")

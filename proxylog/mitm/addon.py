@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.connection import ConnectionState
 
-from proxylog.config import Config, ConfigError, load_config
+from proxylog.config import Config, ConfigError, TimeoutSpec, load_config
 from proxylog.mitm import _connections
+from proxylog.mitm.deadlines import Deadlines
 from proxylog.mitm.flows import (
     ByteCounter,
     FlowState,
@@ -30,7 +29,7 @@ from proxylog.mitm.flows import (
     status_sent,
 )
 from proxylog.mitm.layers import refuse_tls_on_plain_listener
-from proxylog.record import ErrorType
+from proxylog.mitm.replies import reject, reply, reply_to_error
 from proxylog.rules import Verdict
 from proxylog.runtime import Runtime
 
@@ -46,25 +45,6 @@ FRONT_PROXY_OPTIONS: dict[str, Any] = {
 }
 
 TIMEOUT_SWEEP_S = 0.1
-
-_REPLIES = {
-    400: (b"Bad Request", b"400 Bad Request\n"),
-    403: (b"Forbidden", b"403 Forbidden\n"),
-    429: (b"Too Many Requests", b"429 Too Many Requests: slow down.\n"),
-    502: (b"Bad Gateway", b"502 Bad Gateway: the application did not answer.\n"),
-    504: (b"Gateway Timeout", b"504 Gateway Timeout: the application took too long.\n"),
-}
-_REPLY_STATUS: dict[ErrorType, int] = {
-    "upstream_connect": 502,
-    "upstream_reset": 502,
-    "upstream_timeout": 504,
-}
-# Statuses mitmproxy itself sends for errors proxylog leaves to it.
-_MITMPROXY_STATUS: dict[ErrorType, int] = {
-    "request_invalid": 400,
-    "upstream_invalid": 502,
-    **_REPLY_STATUS,
-}
 
 
 def guarded[**P](hook: Callable[P, None]) -> Callable[P, None]:
@@ -83,44 +63,6 @@ def guarded[**P](hook: Callable[P, None]) -> Callable[P, None]:
     return wrapper
 
 
-def classify_error(flow: http.HTTPFlow, state: FlowState) -> ErrorType:
-    """What went wrong with a flow, from mitmproxy's error and the connections' states."""
-    message = flow.error.msg if flow.error else ""
-    if state.timed_out:
-        return "upstream_timeout"
-    if "body_size_limit" in message:
-        return "body_too_large"
-    if "from client, refusing" in message or message.startswith("Invalid request scheme"):
-        return "request_invalid"
-    if "from server, refusing" in message:
-        return "upstream_invalid"
-    if message == "Client disconnected." or not flow.client_conn.state & ConnectionState.CAN_READ:
-        return "client_disconnect"
-    if flow.server_conn.timestamp_tcp_setup is None:
-        return "upstream_connect"
-    return "upstream_reset"
-
-
-def make_reply(
-    status: int,
-    request_id: str,
-    head_only: bool,
-    *,
-    retry_after: int | None = None,
-    body: str | None = None,
-) -> bytes:
-    """A complete HTTP/1.1 response from proxylog itself that closes the connection."""
-    reason, default_body = _REPLIES.get(status, (b"Error", b"%d\n" % status))
-    content = default_body if body is None else body.encode("utf-8")
-    extra = b"retry-after: %d\r\n" % retry_after if retry_after is not None else b""
-    head = (
-        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-        b"x-request-id: %s\r\n%sconnection: close\r\n\r\n"
-        % (status, reason, len(content), request_id.encode("ascii"), extra)
-    )
-    return head if head_only else head + content
-
-
 class ProxyLog:
     """One structured, redacted access record per request; forwarding headers for Puma."""
 
@@ -130,11 +72,16 @@ class ProxyLog:
         self._preset = config or (runtime.config if runtime else None)
         self.runtime: Runtime | None = runtime
         self.inflight = 0
-        self._deadlines: dict[str, tuple[float, http.HTTPFlow]] = {}
-        self._header_deadlines: dict[str, tuple[float, Any]] = {}
+        # Puma's response headers are due timeouts.upstream after the request ends.
+        self._upstream_due: Deadlines[str, http.HTTPFlow] = Deadlines(lambda: self._timeouts().upstream)
+        # A client's request headers are due timeouts.header after it connects or is answered.
+        self._headers_due: Deadlines[str, Any] = Deadlines(lambda: self._timeouts().header)
         self._sweeper: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._drained.set()
+
+    def _timeouts(self) -> TimeoutSpec:
+        return self.runtime.config.timeouts if self.runtime is not None else TimeoutSpec()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -199,7 +146,7 @@ class ProxyLog:
         runtime = self.runtime
         if runtime is None or state_of(flow) is not None:
             return
-        self._header_deadlines.pop(flow.client_conn.id, None)
+        self._headers_due.disarm(flow.client_conn.id)
         state = start_flow(flow, runtime.trusted, runtime.config.record)
         state.mode = runtime.mode
         self.inflight += 1
@@ -209,7 +156,7 @@ class ProxyLog:
         if flow.error or flow.response:
             return
         if state.host_headers > 1:
-            self._reject(flow, state, 400, "request_invalid", "multiple Host headers")
+            reject(flow, state, 400, "request_invalid", "multiple Host headers")
             return
         if state.facts is not None and self._apply(flow, state, runtime.engine.check(state.facts)):
             return
@@ -232,55 +179,29 @@ class ProxyLog:
             state.action = "would_block"
             return False
         state.action = "blocked"
-        self._reply(flow, state, verdict.status, retry_after=verdict.retry_after, body=verdict.body)
+        reply(flow, state, verdict.status, retry_after=verdict.retry_after, body=verdict.body)
         return True
 
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
-        if self.runtime is None or state_of(flow) is None or flow.response or flow.error:
-            return
-        # Deadlines are request end + one constant, so insertion order is deadline order and
-        # the sweeper only ever looks at the oldest entries.
-        self._deadlines[flow.id] = (time.monotonic() + self.runtime.config.timeouts.upstream, flow)
+        if self.runtime is not None and state_of(flow) is not None and not (flow.response or flow.error):
+            self._upstream_due.arm(flow.id, flow)
+
+    @guarded
+    def client_connected(self, client: Any) -> None:
+        self._headers_due.arm(client.id, client)
+
+    @guarded
+    def client_disconnected(self, client: Any) -> None:
+        self._headers_due.disarm(client.id)
 
     async def _sweep_deadlines(self) -> None:
         while True:
             await asyncio.sleep(TIMEOUT_SWEEP_S)
-            now = time.monotonic()
-            while self._deadlines:
-                flow_id, (deadline, flow) = next(iter(self._deadlines.items()))
-                if deadline > now:
-                    break
-                del self._deadlines[flow_id]
+            for flow in self._upstream_due.expired():
                 self._upstream_timeout(flow)
-            while self._header_deadlines:
-                client_id, (deadline, client) = next(iter(self._header_deadlines.items()))
-                if deadline > now:
-                    break
-                del self._header_deadlines[client_id]
+            for client in self._headers_due.expired():
                 self._header_timeout(client)
-
-    def _await_headers(self, client: Any) -> None:
-        """Arm the header deadline: the client must send complete request headers in time.
-        (Popped first so the entry moves to the end: dict order stays deadline order.)"""
-        timeout = self.runtime.config.timeouts.header if self.runtime is not None else 0
-        self._header_deadlines.pop(client.id, None)
-        if timeout > 0:
-            self._header_deadlines[client.id] = (time.monotonic() + timeout, client)
-
-    @guarded
-    def _header_timeout(self, client: Any) -> None:
-        if _connections.close_client(client, "proxylog: request headers too slow") and self.runtime:
-            self.runtime.metrics.header_timeouts += 1
-            logger.info("closed %s: no complete request headers in time", client.peername[0])
-
-    @guarded
-    def client_connected(self, client: Any) -> None:
-        self._await_headers(client)
-
-    @guarded
-    def client_disconnected(self, client: Any) -> None:
-        self._header_deadlines.pop(client.id, None)
 
     @guarded
     def _upstream_timeout(self, flow: http.HTTPFlow) -> None:
@@ -292,11 +213,17 @@ class ProxyLog:
             logger.warning("upstream timeout but no upstream connection to abort")
 
     @guarded
+    def _header_timeout(self, client: Any) -> None:
+        if _connections.close_client(client, "proxylog: request headers too slow") and self.runtime:
+            self.runtime.metrics.header_timeouts += 1
+            logger.info("closed %s: no complete request headers in time", client.peername[0])
+
+    @guarded
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is None or self.runtime is None:
             return
-        self._deadlines.pop(flow.id, None)
+        self._upstream_due.disarm(flow.id)
         if start_response(flow, state, self.runtime.config.record):
             # Streamed as it arrives and counted; mitmproxy would otherwise buffer it whole.
             state.response_counter = flow.response.stream = ByteCounter()  # type: ignore[union-attr]
@@ -312,82 +239,11 @@ class ProxyLog:
         state = state_of(flow)
         if state is None or state.done:
             return
-        self._deadlines.pop(flow.id, None)
+        self._upstream_due.disarm(flow.id)
         if state.error_type is None and state.replied_status is None:
             # (when proxylog already answered, e.g. a block, this is just its own kill)
-            state.error_type = classify_error(flow, state)
-            state.error_message = flow.error.msg if flow.error else None
-            self._reply_to_error(flow, state)
+            reply_to_error(flow, state)
         self._finish(flow, state)
-
-    def _reply_to_error(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        """Answer an upstream failure with proxylog's own 502/504 when the client is HTTP/1
-        and has not yet received response headers; otherwise note what mitmproxy sends."""
-        error_type = state.error_type
-        assert error_type is not None
-        headers_sent = flow.response is not None and bool(flow.response.stream)
-        if headers_sent or error_type == "client_disconnect":
-            return
-        status = _REPLY_STATUS.get(error_type)
-        if status is not None and self._write_reply(flow, state, status):
-            return
-        if error_type == "body_too_large":
-            state.replied_status = 502 if flow.response is not None else 413
-        else:
-            state.replied_status = _MITMPROXY_STATUS.get(error_type)
-
-    def _reject(
-        self, flow: http.HTTPFlow, state: FlowState, status: int, error_type: ErrorType, why: str
-    ) -> None:
-        """Answer now, from requestheaders: the body is never read and Puma never sees it."""
-        state.error_type = error_type
-        state.error_message = why
-        self._reply(flow, state, status)
-
-    def _reply(
-        self,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        status: int,
-        *,
-        retry_after: int | None = None,
-        body: str | None = None,
-    ) -> None:
-        """Send proxylog's own response: written whole for HTTP/1 (see _write_reply), else a
-        normal mitmproxy response (which, for HTTP/2, waits for the request body)."""
-        if self._write_reply(flow, state, status, retry_after=retry_after, body=body):
-            return
-        content = body.encode() if body is not None else _REPLIES[status][1]
-        headers = {"X-Request-Id": state.request_id, "Content-Type": "text/plain; charset=utf-8"}
-        if retry_after is not None:
-            headers["Retry-After"] = str(retry_after)
-        state.replied_status = status
-        state.replied_bytes = len(content)
-        flow.response = http.Response.make(status, content, headers)
-
-    @staticmethod
-    def _write_reply(
-        flow: http.HTTPFlow,
-        state: FlowState,
-        status: int,
-        *,
-        retry_after: int | None = None,
-        body: str | None = None,
-    ) -> bool:
-        """Write a complete response straight to an HTTP/1 client and kill the flow, so that
-        mitmproxy closes the connection instead of sending its own page or waiting for an
-        unread request body. False when the client is not HTTP/1 or already gone."""
-        if not (flow.killable and _connections.can_write_raw(flow)):
-            return False
-        reply = make_reply(
-            status, state.request_id, flow.request.method == "HEAD", retry_after=retry_after, body=body
-        )
-        if not _connections.write_to_client(flow, reply):
-            return False
-        flow.kill()
-        state.replied_status = status
-        state.replied_bytes = len(reply)
-        return True
 
     @staticmethod
     def _observe(state: FlowState, verdict: Verdict) -> None:
@@ -401,12 +257,12 @@ class ProxyLog:
         if state.done or self.runtime is None:
             return
         state.done = True
-        self._deadlines.pop(flow.id, None)
+        self._upstream_due.disarm(flow.id)
         keep_alive = flow.request.http_version.startswith("HTTP/1") and not (
             flow.websocket or (flow.response is not None and flow.response.status_code == 101)
         )
         if keep_alive and flow.client_conn.connected:
-            self._await_headers(flow.client_conn)  # the next request on this connection
+            self._headers_due.arm(flow.client_conn.id, flow.client_conn)  # the next request
         runtime = self.runtime
         try:
             if state.facts is not None and state.action != "blocked":
