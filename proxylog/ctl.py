@@ -137,7 +137,8 @@ def socket_from_config(path: str) -> str:
     """The control socket a config file points at. Only `control.socket` and `state_dir` are
     read, so `ctl --config FILE reload` still works after the rest of the file was broken."""
     try:
-        data = yaml.safe_load(open(path, encoding="utf-8").read()) or {}  # noqa: SIM115
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f.read()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError("", f"cannot read {path} to find the control socket ({e}); pass --socket") from e
     control = data.get("control") if isinstance(data, dict) else None

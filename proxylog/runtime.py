@@ -78,7 +78,9 @@ class Runtime:
         self.alerts: AlertDispatcher | None = None
         self._compile(config, previous=None)
         if sinks is None:
-            self.workers = [SinkWorker(build_sink(spec), spec) for spec in config.sinks]
+            self.workers = [
+                SinkWorker(build_sink(spec), spec, state_dir=config.state_dir) for spec in config.sinks
+            ]
         else:
             self.workers = [SinkWorker(s, SinkSpec(type="custom", name=s.name)) for s in sinks]
         self._saved_bans: list[Any] | None = None
@@ -209,7 +211,7 @@ class Runtime:
         for spec in new.sinks:
             worker = current.pop(spec, None)
             if worker is None:
-                worker = SinkWorker(build_sink(spec), spec)
+                worker = SinkWorker(build_sink(spec), spec, state_dir=new.state_dir)
                 worker.start()
             workers.append(worker)
         self.workers = workers

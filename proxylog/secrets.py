@@ -12,7 +12,8 @@ def read_secret(path: str | None, env: str | None, where: str) -> str:
     naming `where` (a config key path) when neither yields a non-empty value."""
     if path:
         try:
-            value = open(os.path.expanduser(path), encoding="utf-8").read().strip()  # noqa: SIM115
+            with open(os.path.expanduser(path), encoding="utf-8") as f:
+                value = f.read().strip()
         except OSError as e:
             raise ConfigError(where, f"cannot read secret file {path}: {e.strerror or e}") from e
         if not value:
