@@ -99,10 +99,23 @@ def _load(path: str | None) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Validate everything `serve` would, short of binding sockets: the file, the mitmproxy
+    modes, and the secrets sinks, alerts and the TCP control port read (key and token files)."""
+    from proxylog.config.ops import ControlSpec
     from proxylog.mitm.master import proxy_modes
+    from proxylog.secrets import read_secret
+    from proxylog.sinks import build_sink
 
     config = load_config(args.file)
     proxy_modes(config)
+    for spec in config.sinks:
+        build_sink(spec).close()
+    control: ControlSpec = config.control
+    if control.tcp is not None:
+        read_secret(control.token_file, control.token_env, "control")
+    for index, alert in enumerate(config.alerts):
+        if alert.token_file or alert.token_env:
+            read_secret(alert.token_file, alert.token_env, f"alerts[{index}]")
     print(f"{args.file}: ok ({len(config.sinks)} sinks)")
     return EXIT_OK
 

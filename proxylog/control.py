@@ -62,6 +62,7 @@ async def _status(server: ControlServer, request: Request, args: dict[str, Any])
                 "name": w.name,
                 "healthy": w.stats.healthy,
                 "queued": w.depth,
+                "spooled": w.stats.spool_depth,
                 "dropped": w.stats.dropped,
                 "last_error": w.stats.last_error,
             }
@@ -153,10 +154,7 @@ async def _stats(server: ControlServer, request: Request, args: dict[str, Any]) 
         "requests": {f"{klass}/{action}": n for (klass, action), n in sorted(metrics.requests.items())},
         "upstream": {"count": metrics.upstream_count, "sum_s": round(metrics.upstream_sum, 3)},
         "rules": runtime.engine.stats(),
-        "sinks": {
-            w.name: {**asdict(w.stats), "queued": w.depth, "dropped": w.stats.dropped}
-            for w in runtime.workers
-        },
+        "sinks": {w.name: w.snapshot() for w in runtime.workers},
         "reloads": dict(metrics.reloads),
         "alerts": None
         if runtime.alerts is None

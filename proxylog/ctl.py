@@ -194,7 +194,7 @@ def _human(command: str, p: dict[str, Any]) -> str:
     if command == "status":
         sinks = "\n".join(
             f"  {s['name']}: {'ok' if s['healthy'] else 'FAILING'}, "
-            f"{s['queued']} queued, {s['dropped']} dropped"
+            f"{s['queued']} queued, {s.get('spooled', 0)} spooled, {s['dropped']} dropped"
             + (f" ({s['last_error']})" if s.get("last_error") and not s["healthy"] else "")
             for s in p["sinks"]
         )

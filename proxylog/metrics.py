@@ -125,6 +125,15 @@ def _sink_metrics(runtime: Runtime) -> Iterator[Metric]:
     written = CounterMetricFamily("proxylog_sink_written", "Records a sink delivered.", labels=labels)
     dropped = CounterMetricFamily("proxylog_sink_dropped", "Records a sink lost (counted).", labels=labels)
     retries = CounterMetricFamily("proxylog_sink_retries", "Batch retries.", labels=labels)
+    spooled = CounterMetricFamily(
+        "proxylog_sink_spooled", "Records written to a sink's disk spool.", labels=labels
+    )
+    spool_depth = GaugeMetricFamily(
+        "proxylog_sink_spool_depth", "Records waiting in a sink's spool.", labels=labels
+    )
+    quarantined = CounterMetricFamily(
+        "proxylog_sink_quarantined", "Records a collector refused, kept in quarantine.", labels=labels
+    )
     healthy = GaugeMetricFamily(
         "proxylog_sink_healthy", "1 when the sink's last write succeeded.", labels=labels
     )
@@ -134,8 +143,11 @@ def _sink_metrics(runtime: Runtime) -> Iterator[Metric]:
         written.add_metric([worker.name], stats.written)
         dropped.add_metric([worker.name], stats.dropped)
         retries.add_metric([worker.name], stats.retries)
+        spooled.add_metric([worker.name], stats.spooled)
+        spool_depth.add_metric([worker.name], stats.spool_depth)
+        quarantined.add_metric([worker.name], stats.quarantined)
         healthy.add_metric([worker.name], 1.0 if stats.healthy else 0.0)
-    yield from (depth, written, dropped, retries, healthy)
+    yield from (depth, written, dropped, retries, spooled, spool_depth, quarantined, healthy)
 
 
 def build_registry(runtime: Runtime) -> CollectorRegistry:

@@ -113,3 +113,21 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
     modes = tmp_path / "modes.yaml"
     modes.write_text(yaml.safe_dump({"modes": ["nonsense:thing"]}))
     assert "modes[0]" in _check(modes).stderr
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"sinks": [{"type": "file", "path": "x.jsonl", "integrity": {"key_file": "/nonexistent/key"}}]},
+        {"alerts": [{"type": "webhook", "url": "http://127.0.0.1:9/h", "token_file": "/nonexistent/token"}]},
+        {"control": {"tcp": "127.0.0.1:9901", "token_env": "PROXYLOG_TEST_UNSET_TOKEN"}},
+    ],
+    ids=["sink-key", "alert-token", "control-token"],
+)
+def test_check_reads_the_secrets_serve_would_need(tmp_path: Path, config: dict) -> None:
+    """`proxylog check` fails (exit 2) when a key or token file serve needs is missing."""
+    path = tmp_path / "secrets.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _check(path)
+    assert result.returncode == 2, result.stdout
+    assert "nonexistent" in result.stderr or "PROXYLOG_TEST_UNSET_TOKEN" in result.stderr
