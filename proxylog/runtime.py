@@ -88,22 +88,24 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
 
     def _compile(self, config: Config, previous: RuleEngine | None) -> None:
-        """Build the per-config parts; rule state (from `previous`) and alerts carry over."""
-        self.trusted = TrustedProxies(config.trusted_proxies)
-        self.redactor = Redactor(config.redact)
-        self.body_parser = build_body_parser(config.redact)
-        self.engine = RuleEngine(config.rules, self.clock, previous=previous, listener=self._on_rule_event)
-        if self.alerts is None or self.alerts.specs != config.alerts:
-            old, self.alerts = (
-                self.alerts,
-                (
-                    AlertDispatcher(config.alerts, self.emit_document, clock=self.clock)
-                    if config.alerts
-                    else None
-                ),
+        """Build the per-config parts, then swap them in together; rule state (from
+        `previous`) and unchanged alert webhooks carry over. Raises ConfigError (a bad intel
+        file, an unreadable token), changing nothing."""
+        trusted = TrustedProxies(config.trusted_proxies)
+        redactor = Redactor(config.redact)
+        body_parser = build_body_parser(config.redact)
+        engine = RuleEngine(config.rules, self.clock, previous=previous, listener=self._on_rule_event)
+        alerts = self.alerts
+        if alerts is None or alerts.specs != config.alerts:
+            alerts = (
+                AlertDispatcher(config.alerts, self.emit_document, clock=self.clock)
+                if config.alerts
+                else None
             )
-            if old is not None:
-                old.close()
+        if self.alerts is not None and alerts is not self.alerts:
+            self.alerts.close()
+        self.trusted, self.redactor, self.body_parser, self.engine = trusted, redactor, body_parser, engine
+        self.alerts = alerts
 
     # -- the request path -------------------------------------------------------------------
 
@@ -180,19 +182,17 @@ class Runtime:
             for validate in self.hooks.validate:
                 validate(new)
         except ConfigError as e:
-            self.metrics.reloads["failed"] += 1
-            self.audit("reload", who, source, None, ok=False, error=str(e))
-            if self.alerts is not None:
-                self.alerts.notify("config_reload_failed", "config", source, error=str(e))
-            logger.error("reload of %s failed, keeping the running config: %s", source, e)
-            return ReloadResult(False, str(e), source=source)
+            return self._reload_failed(who, source, e)
         warnings = tuple(
             f"{key} changed: restart proxylog to apply it"
             for key in RESTART_KEYS
             if getattr(new, key) != getattr(self.config, key)
         )
         new = replace(new, **{key: getattr(self.config, key) for key in RESTART_KEYS})
-        self._compile(new, previous=self.engine)
+        try:
+            self._compile(new, previous=self.engine)  # all or nothing: attributes swap at the end
+        except ConfigError as e:
+            return self._reload_failed(who, source, e)
         await self._reconcile_sinks(new)
         self.config = new
         for apply in self.hooks.apply:
@@ -202,6 +202,14 @@ class Runtime:
         for warning in warnings:
             logger.warning("reload: %s", warning)
         return ReloadResult(True, warnings=warnings, source=source)
+
+    def _reload_failed(self, who: str, source: str, error: ConfigError) -> ReloadResult:
+        self.metrics.reloads["failed"] += 1
+        self.audit("reload", who, source, None, ok=False, error=str(error))
+        if self.alerts is not None:
+            self.alerts.notify("config_reload_failed", "config", source, error=str(error))
+        logger.error("reload of %s failed, keeping the running config: %s", source, error)
+        return ReloadResult(False, str(error), source=source)
 
     async def _reconcile_sinks(self, new: Config) -> None:
         """Keep workers whose spec is unchanged (their queues survive), start new ones, flush
@@ -223,7 +231,8 @@ class Runtime:
             worker.reopen()
 
     def _on_rule_event(self, event: RuleEvent) -> None:
-        if self.alerts is not None:
+        # Alert on what needs a human: a rule first firing for a key, and bans (not expiries).
+        if self.alerts is not None and event.kind in ("rule_fired", "ban"):
             self.alerts.notify(
                 event.kind,
                 event.rule,

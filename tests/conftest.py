@@ -78,7 +78,9 @@ class Proxylog:
         config = {"sinks": [{"type": "file", "path": str(self.records_path)}], **config}
         config.setdefault("listen", "127.0.0.1:0")
         config.setdefault("state_dir", str(workdir / "state"))
-        self.control_socket = Path(config.get("control", {}).get("socket") or Path(config["state_dir"]) / "control.sock")
+        self.control_socket = Path(
+            config.get("control", {}).get("socket") or Path(config["state_dir"]) / "control.sock"
+        )
         self.config_path = workdir / "proxylog.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.stderr_lines: list[str] = []
@@ -116,6 +118,15 @@ class Proxylog:
         while True:
             lines = self.records_path.read_bytes().splitlines() if self.records_path.exists() else []
             records = [orjson.loads(line) for line in lines]
+            if count is None or len(records) >= count or time.monotonic() > deadline:
+                return records
+            time.sleep(0.02)
+
+    def access(self, count: int | None = None, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Only the access records (no markers, audits or alerts); with `count`, wait for them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = [r for r in self.records() if "url" in r]
             if count is None or len(records) >= count or time.monotonic() > deadline:
                 return records
             time.sleep(0.02)

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,7 +61,9 @@ def test_control_socket_is_private_and_answers_ctl(start_proxylog) -> None:
     assert stat.S_IMODE(proxy.control_socket.stat().st_mode) == 0o600
     by_config = subprocess.run(
         [sys.executable, "-m", "proxylog.cli", "ctl", "--config", str(proxy.config_path), "status"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert by_config.returncode == 0, by_config.stderr
     result = ctl(proxy, "status")
@@ -80,8 +81,19 @@ def test_another_user_cannot_use_the_control_socket(start_proxylog) -> None:
     proxy = start_proxylog()
     sock = proxy.control_socket
     # curl, not `proxylog ctl`: the interpreter lives under /root, out of nobody's reach
-    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "curl", "-s",
-                 "--unix-socket", str(sock), "-d", '{"mode":"enforce"}', "http://control/mode"]
+    as_nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "curl",
+        "-s",
+        "--unix-socket",
+        str(sock),
+        "-d",
+        '{"mode":"enforce"}',
+        "http://control/mode",
+    ]
     blocked = subprocess.run(as_nobody, capture_output=True, text=True, timeout=60)
     assert blocked.returncode == 7, blocked.stderr  # curl: could not connect
     for path in (sock.parent, *sock.parents[:-1]):
@@ -143,7 +155,7 @@ def test_a_bad_reload_keeps_the_old_config_serving(start_proxylog, bad: Any, nam
     assert named in result.stderr and "unchanged" in result.stderr
     resp = request(proxy.url, "/still-here", headers=[("Referer", "https://r.example/")])
     assert resp.status == 200
-    record = [r for r in proxy.records(count=2) if r.get("url", {}).get("path") == "/still-here"][0]
+    record = next(r for r in proxy.records(count=2) if r.get("url", {}).get("path") == "/still-here")
     assert record["http"]["request"]["headers"] == {"referer": "https://r.example/"}
     [audit] = documents(proxy, "audit.reload")
     assert audit["proxylog"]["audit"]["ok"] is False and named in audit["proxylog"]["audit"]["error"]
@@ -157,7 +169,7 @@ def test_reload_applies_a_good_config_and_keeps_flags(start_proxylog) -> None:
     assert result.returncode == 0, result.stderr
     assert "warning" not in result.stdout
     request(proxy.url, "/traced", headers=[("X-Trace", "abc"), ("Referer", "https://r.example/")])
-    record = [r for r in proxy.records(count=2) if r.get("url", {}).get("path") == "/traced"][0]
+    record = next(r for r in proxy.records(count=2) if r.get("url", {}).get("path") == "/traced")
     assert record["http"]["request"]["headers"] == {"x-trace": "abc"}
 
 
@@ -168,7 +180,7 @@ def test_sighup_reloads_the_config(start_proxylog) -> None:
     proxy.proc.send_signal(signal.SIGHUP)
     assert wait_until(lambda: documents(proxy, "audit.reload"))
     request(proxy.url, "/after-hup", headers=[("X-Trace", "1")])
-    record = [r for r in proxy.records(count=2) if r.get("url", {}).get("path") == "/after-hup"][0]
+    record = next(r for r in proxy.records(count=2) if r.get("url", {}).get("path") == "/after-hup")
     assert record["http"]["request"]["headers"] == {"x-trace": "1"}
 
 
@@ -178,7 +190,7 @@ def test_file_watch_reloads_on_change(start_proxylog) -> None:
     rewrite_config(proxy, record={"headers": ["x-trace"]})
     assert wait_until(lambda: documents(proxy, "audit.reload"))
     request(proxy.url, "/watched", headers=[("X-Trace", "w")])
-    record = [r for r in proxy.records(count=2) if r.get("url", {}).get("path") == "/watched"][0]
+    record = next(r for r in proxy.records(count=2) if r.get("url", {}).get("path") == "/watched")
     assert record["http"]["request"]["headers"] == {"x-trace": "w"}
 
 
@@ -191,9 +203,13 @@ def test_tcp_control_requires_the_bearer_token(tmp_path, start_proxylog) -> None
     base = [sys.executable, "-m", "proxylog.cli", "ctl", "--tcp", f"127.0.0.1:{port}"]
     wrong = tmp_path / "wrong"
     wrong.write_text("nope")
-    denied = subprocess.run([*base, "--token-file", str(wrong), "mode", "enforce"], capture_output=True, text=True)
+    denied = subprocess.run(
+        [*base, "--token-file", str(wrong), "mode", "enforce"], capture_output=True, text=True
+    )
     assert denied.returncode == 1 and "bearer token" in denied.stderr
-    granted = subprocess.run([*base, "--token-file", str(token), "mode", "enforce"], capture_output=True, text=True)
+    granted = subprocess.run(
+        [*base, "--token-file", str(token), "mode", "enforce"], capture_output=True, text=True
+    )
     assert granted.returncode == 0, granted.stderr
     assert ctl_json(proxy, "mode")["mode"] == "enforce"
 
@@ -206,9 +222,9 @@ def test_control_port_is_unreachable_through_the_proxy(tmp_path, start_proxylog)
     proxy = start_proxylog({"control": {"tcp": f"127.0.0.1:{port}", "token_file": str(token)}})
     attacks = [
         f"POST http://127.0.0.1:{port}/mode HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        "Authorization: Bearer s3cret-token\r\nContent-Length: 18\r\n\r\n{\"mode\":\"enforce\"}",
+        'Authorization: Bearer s3cret-token\r\nContent-Length: 18\r\n\r\n{"mode":"enforce"}',
         f"POST /mode HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer s3cret-token\r\n"
-        "Content-Length: 18\r\n\r\n{\"mode\":\"enforce\"}",
+        'Content-Length: 18\r\n\r\n{"mode":"enforce"}',
         f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
     ]
     for attack in attacks:
@@ -230,17 +246,26 @@ def test_metrics_endpoint_is_scraped_and_parsed(start_proxylog) -> None:
     proxy.records(count=5)
     text = request(f"http://127.0.0.1:{metrics_port}", "/metrics").body.decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    requests = {(s.labels["status_class"], s.labels["action"]): s.value
-                for s in families["proxylog_requests"].samples if s.name.endswith("_total")}
+    requests = {
+        (s.labels["status_class"], s.labels["action"]): s.value
+        for s in families["proxylog_requests"].samples
+        if s.name.endswith("_total")
+    }
     assert requests == {("2xx", "allowed"): 2, ("4xx", "allowed"): 1, ("5xx", "allowed"): 1}
     latency = {s.name: s.value for s in families["proxylog_upstream_latency_seconds"].samples}
     assert latency["proxylog_upstream_latency_seconds_count"] == 4
     written = [s for s in families["proxylog_sink_written"].samples if s.name.endswith("_total")]
     assert written and written[0].value >= 4
-    reloads = {s.labels["result"]: s.value for s in families["proxylog_config_reloads"].samples
-               if s.name.endswith("_total")}
+    reloads = {
+        s.labels["result"]: s.value
+        for s in families["proxylog_config_reloads"].samples
+        if s.name.endswith("_total")
+    }
     assert reloads == {"ok": 1, "failed": 0}
-    assert {s.labels["mode"]: s.value for s in families["proxylog_mode"].samples} == {"monitor": 1, "enforce": 0}
+    assert {s.labels["mode"]: s.value for s in families["proxylog_mode"].samples} == {
+        "monitor": 1,
+        "enforce": 0,
+    }
 
 
 class _Receiver:
@@ -251,10 +276,15 @@ class _Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                receiver.posts.append({"path": self.path, "body": json.loads(self.rfile.read(length)),
-                                       "auth": self.headers.get("Authorization")})
+                receiver.posts.append(
+                    {
+                        "path": self.path,
+                        "body": json.loads(self.rfile.read(length)),
+                        "auth": self.headers.get("Authorization"),
+                    }
+                )
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -283,11 +313,12 @@ def receiver():
 
 
 def test_failed_reload_alerts_once_within_the_cooldown(start_proxylog, receiver, tmp_path) -> None:
-    """A failed reload alerts the webhook (with the bearer token); a repeat within the cooldown is deduplicated."""
+    """A failed reload alerts the webhook (bearer token sent); a repeat within the cooldown is deduped."""
     token = tmp_path / "hook-token"
     token.write_text("hook-secret")
-    alerts = [{"type": "webhook", "url": receiver.url, "group": "200ms", "cooldown": "1h",
-               "token_file": str(token)}]
+    alerts = [
+        {"type": "webhook", "url": receiver.url, "group": "200ms", "cooldown": "1h", "token_file": str(token)}
+    ]
     proxy = start_proxylog({"alerts": alerts})
     proxy.config_path.write_text("sinks: [\n")
     assert ctl(proxy, "reload").returncode == 1
@@ -306,8 +337,10 @@ def test_sink_failure_alerts_slack_format(start_proxylog, receiver, tmp_path) ->
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     config = {
-        "sinks": [{"type": "file", "path": str(tmp_path / "ok.jsonl")},
-                  {"type": "file", "path": str(blocker / "x.jsonl"), "name": "broken"}],
+        "sinks": [
+            {"type": "file", "path": str(tmp_path / "ok.jsonl")},
+            {"type": "file", "path": str(blocker / "x.jsonl"), "name": "broken"},
+        ],
         "alerts": [{"type": "slack", "url": receiver.url, "group": "100ms"}],
     }
     proxy = start_proxylog(config)

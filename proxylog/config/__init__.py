@@ -192,7 +192,12 @@ def parse_config(data: Any, source: str | None = None) -> Config:
     if "redact" in fields:
         kwargs["redact"] = parse_redact(fields.require("redact"))
     if any(key in fields for key in ("rules", "intel", "allow")):
-        kwargs["rules"] = parse_rules(fields.get("rules"), fields.get("intel"), fields.get("allow"))
+        kwargs["rules"] = parse_rules(
+            fields.get("rules"),
+            fields.get("intel"),
+            fields.get("allow"),
+            base_dir=os.path.dirname(os.path.abspath(source)) if source else None,
+        )
     if "control" in fields:
         kwargs["control"] = parse_control(fields.require("control"))
     if "metrics" in fields:
