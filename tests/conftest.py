@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -20,6 +21,30 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 RACK_APP = ROOT / "tests" / "upstream" / "config.ru"
 STARTUP_TIMEOUT = 20.0
+
+
+def corpora_dir() -> Path:
+    """The shared test corpora: $PROXYLOG_TEST_DATA, else ../shared/data, else the copy in
+    tests/data/corpora.tar.gz extracted once into a temporary directory."""
+    import hashlib
+    import tarfile
+    import tempfile
+
+    if env := os.environ.get("PROXYLOG_TEST_DATA"):
+        return Path(env)
+    shared = ROOT.parent / "shared" / "data"
+    if (shared / "crowdsec-hub").is_dir():
+        return shared
+    archive = ROOT / "tests" / "data" / "corpora.tar.gz"
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"proxylog-corpora-{digest}"
+    if not (target / "README.md").is_file():
+        staging = Path(tempfile.mkdtemp(prefix="proxylog-corpora-"))
+        with tarfile.open(archive) as tar:
+            tar.extractall(staging, filter="data")
+        with contextlib.suppress(OSError):  # another test process got there first
+            staging.rename(target)
+    return target
 
 
 def free_port() -> int:

@@ -13,7 +13,8 @@ import yaml
 from proxylog.ctl import ControlClient
 from tests._http import request
 from tests.conftest import ROOT, Puma
-from tests.test_control import ctl, ctl_json, documents, receiver, rewrite_config, wait_until  # noqa: F401
+from tests.test_control import ctl, ctl_json, documents, rewrite_config, wait_until
+from tests.test_control import receiver as receiver  # the fixture, re-exported
 
 ALWAYS = [{"id": "always", "when": {"path": "^/always"}, "threshold": 1, "window": "60s", "action": "block"}]
 
@@ -93,15 +94,22 @@ def test_runtime_allowlist_wins_and_is_audited(start_proxylog) -> None:
     assert request(proxy.url, "/always/y").status == 200
     assert ctl(proxy, "allow", "remove", "127.0.0.0/8").returncode == 0
     assert request(proxy.url, "/always/z").status == 403
-    assert [d["proxylog"]["audit"]["command"] for d in documents(proxy, "audit.")][-2:] == ["allow", "disallow"]
+    assert [d["proxylog"]["audit"]["command"] for d in documents(proxy, "audit.")][-2:] == [
+        "allow",
+        "disallow",
+    ]
 
 
 BAD_RULES = [
-    pytest.param([{"id": "x", "when": {"path": "(?<=lookbehind)"}, "threshold": 1}], "rules[0].when.path",
-                 id="re2-rejects-pattern"),
+    pytest.param(
+        [{"id": "x", "when": {"path": "(?<=lookbehind)"}, "threshold": 1}],
+        "rules[0].when.path",
+        id="re2-rejects-pattern",
+    ),
     pytest.param([*ALWAYS, *ALWAYS], "rules[1]: duplicate rule id", id="duplicate-rule-id"),
-    pytest.param([{"id": "x", "when": {"path": "^/"}, "threshold": -3}], "rules[0].threshold",
-                 id="negative-threshold"),
+    pytest.param(
+        [{"id": "x", "when": {"path": "^/"}, "threshold": -3}], "rules[0].threshold", id="negative-threshold"
+    ),
 ]
 
 
@@ -130,8 +138,16 @@ def test_reload_keeps_counters_of_unchanged_rules(start_proxylog) -> None:
 def test_rule_alerts_reach_the_webhook_once_per_key(start_proxylog, receiver) -> None:
     """A rule firing (and the ban it starts) alerts the webhook; firing again for the same key
     within the cooldown does not alert again."""
-    rules = [{"id": "probe", "when": {"path": "^/probe"}, "threshold": 2, "window": "60s", "action": "block",
-              "ban": "1s"}]
+    rules = [
+        {
+            "id": "probe",
+            "when": {"path": "^/probe"},
+            "threshold": 2,
+            "window": "60s",
+            "action": "block",
+            "ban": "1s",
+        }
+    ]
     alerts = [{"type": "webhook", "url": receiver.url, "group": "200ms", "cooldown": "1h"}]
     proxy = start_proxylog({"rules": rules, "alerts": alerts})
     for _ in range(2):
@@ -152,7 +168,9 @@ def test_default_config_runs_the_default_pack(tmp_path, start_proxylog) -> None:
     shipped = yaml.safe_load((ROOT / "configs" / "proxylog.yaml").read_text())
     rules = [{"include": str(ROOT / "configs" / "rules" / "default.yaml")}]
     proxy = start_proxylog({"rules": rules, "mode": shipped["mode"]})
-    seen = request(proxy.url, "/", headers=[("User-Agent", "sqlmap/1.7.2#stable (https://sqlmap.org)")]).json()
+    seen = request(
+        proxy.url, "/", headers=[("User-Agent", "sqlmap/1.7.2#stable (https://sqlmap.org)")]
+    ).json()
     assert seen["headers"].get("HTTP_X_PROXYLOG_TAGS")
     [record] = proxy.access(count=1)
     assert record["event"]["action"] in ("would_block", "allowed") and record["proxylog"]["tags"]

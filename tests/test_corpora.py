@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,7 +27,9 @@ from proxylog.rules.replay import ReplayReport, replay
 from proxylog.rules.sources import Entry, facts_from_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("PROXYLOG_TEST_DATA", ROOT.parent / "shared" / "data"))
+from tests.conftest import corpora_dir  # noqa: E402
+
+DATA = corpora_dir()
 HUB = DATA / "crowdsec-hub"
 REAL_LOG = DATA / "real-access-logs" / "elastic-apache" / "requests.jsonl"
 DEFAULT_PACK = ROOT / "configs" / "rules" / "default.yaml"

@@ -7,7 +7,6 @@ are not disturbed by other tests sharing the session's Puma.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 import uuid
 from typing import Any
@@ -18,8 +17,14 @@ from tests._http import request
 from tests.conftest import Puma
 
 PROBE_RULES = [
-    {"id": "probe", "when": {"path": "^/[a-z0-9]+/secret"}, "threshold": 2, "window": "60s",
-     "action": "block", "ban": "2s"},
+    {
+        "id": "probe",
+        "when": {"path": "^/[a-z0-9]+/secret"},
+        "threshold": 2,
+        "window": "60s",
+        "action": "block",
+        "ban": "2s",
+    },
     {"id": "errors", "when": {"status": ["4xx"]}, "threshold": 3, "window": "60s", "action": "tag"},
     {"id": "flood", "when": {"path": "^/[a-z0-9]+/api"}, "threshold": 3, "window": "60s", "action": "block"},
 ]
@@ -31,8 +36,11 @@ def prefix() -> str:
 
 
 def by_path(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {r["url"]["path"] + (f"?{r['url']['query']}" if "query" in r["url"] else ""): r
-            for r in records if "url" in r}
+    return {
+        r["url"]["path"] + (f"?{r['url']['query']}" if "query" in r["url"] else ""): r
+        for r in records
+        if "url" in r
+    }
 
 
 def test_monitor_mode_tags_and_lets_everything_through(start_proxylog, puma: Puma, prefix: str) -> None:
@@ -78,8 +86,16 @@ def test_enforce_mode_blocks_then_bans_until_the_ttl(start_proxylog, puma: Puma,
 
 def test_rate_rule_answers_429_with_retry_after(start_proxylog, prefix: str) -> None:
     """A block rule without a ban answers 429 with Retry-After while the client is over the rate."""
-    rules = [{"id": "flood", "when": {"path": "^/[a-z0-9]+/api"}, "threshold": 3, "window": "60s",
-              "action": "block", "response": {"status": 429}}]
+    rules = [
+        {
+            "id": "flood",
+            "when": {"path": "^/[a-z0-9]+/api"},
+            "threshold": 3,
+            "window": "60s",
+            "action": "block",
+            "response": {"status": 429},
+        }
+    ]
     proxy = start_proxylog({"rules": rules}, args=["--enforce"])
     statuses = [request(proxy.url, f"{prefix}/api") for _ in range(4)]
     assert [r.status for r in statuses] == [200, 200, 429, 429]

@@ -17,8 +17,10 @@ from proxylog.rules.intel import CidrSet, IntelList, network_range, parse_intel
 from proxylog.testing import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import corpora_dir  # noqa: E402
+
 SAMPLES = ROOT / "configs" / "intel"
-VECTORS = Path(os.environ.get("PROXYLOG_TEST_DATA", ROOT.parent / "shared" / "data")) / "threat-intel"
+VECTORS = corpora_dir() / "threat-intel"
 LIST_FILES = {
     "firehol_level1": "firehol_level1.netset",
     "spamhaus_drop": "spamhaus_drop.txt",
