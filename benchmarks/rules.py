@@ -29,7 +29,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proxylog.config._reader import Node
-from proxylog.config.rules import RulesSpec, parse_rules
+from proxylog.config.rule_specs import RulesSpec
+from proxylog.config.rules import parse_rules
 from proxylog.rules import RequestFacts, RuleEngine
 from proxylog.rules.intel import CidrSet, network_range
 from proxylog.rules.sources import facts_from_corpus

@@ -21,7 +21,8 @@ import orjson
 import pytest
 
 from proxylog.config._reader import Node
-from proxylog.config.rules import RulesSpec, parse_rules
+from proxylog.config.rule_specs import RulesSpec
+from proxylog.config.rules import parse_rules
 from proxylog.rules import RuleEngine
 from proxylog.rules.replay import ReplayReport, replay
 from proxylog.rules.sources import Entry, facts_from_corpus

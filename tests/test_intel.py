@@ -11,7 +11,8 @@ import pytest
 
 from proxylog.config import ConfigError
 from proxylog.config._reader import Node
-from proxylog.config.rules import IntelSpec, parse_rules
+from proxylog.config.rule_specs import IntelSpec
+from proxylog.config.rules import parse_rules
 from proxylog.rules import RequestFacts, RuleEngine
 from proxylog.rules.intel import CidrSet, IntelList, network_range, parse_intel
 from proxylog.testing import FakeClock

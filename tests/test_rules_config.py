@@ -10,7 +10,8 @@ import yaml
 
 from proxylog.config import ConfigError, parse_config
 from proxylog.config._reader import Node
-from proxylog.config.rules import RulesSpec, named_lists, parse_rules
+from proxylog.config.rule_specs import RulesSpec
+from proxylog.config.rules import named_lists, parse_rules
 from proxylog.rules.named_lists import load_list
 
 ROOT = Path(__file__).resolve().parent.parent

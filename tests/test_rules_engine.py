@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxylog.config._reader import Node
-from proxylog.config.rules import RulesSpec, parse_rules
+from proxylog.config.rule_specs import RulesSpec
+from proxylog.config.rules import parse_rules
 from proxylog.rules import Ban, RequestFacts, RuleEngine, RuleEvent
 from proxylog.rules.compiled import fingerprint
 from proxylog.state import CounterSpec

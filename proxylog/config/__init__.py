@@ -20,7 +20,8 @@ from proxylog.config.ops import (
     parse_metrics,
 )
 from proxylog.config.redact import RedactSpec, parse_redact
-from proxylog.config.rules import RulesSpec, parse_rules
+from proxylog.config.rule_specs import RulesSpec
+from proxylog.config.rules import parse_rules
 from proxylog.config.sinks import FileSpec, SinkSpec, StdoutSpec, parse_sinks
 from proxylog.errors import ConfigError
 

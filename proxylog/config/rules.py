@@ -1,4 +1,5 @@
-"""Rule, intel and allowlist specs (``rules:``, ``intel:``, ``allow:``), validated whole.
+"""Parsing ``rules:``, ``intel:`` and ``allow:`` into the specs of proxylog.config.rule_specs,
+validated whole (the specs are re-exported here).
 
 Every error names the key path (``rules[2].window: …``). Rules may come from packs
 (``- include: rules/default.yaml``): files holding their own ``rules:`` and ``intel:``, whose
@@ -10,142 +11,44 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import re2
 import yaml
 
-from proxylog.config._reader import IPNetwork, Node
-
-KeyKind = Literal["client", "client_net", "global"]
-KEY_KINDS: tuple[KeyKind, ...] = ("client", "client_net", "global")
-Action = Literal["tag", "block"]
-ACTIONS: tuple[Action, ...] = ("tag", "block")
-RuleMode = Literal["monitor", "enforce"]
-RULE_MODES: tuple[RuleMode, ...] = ("monitor", "enforce")
-Precision = Literal["exact", "approx"]
-PRECISIONS: tuple[Precision, ...] = ("exact", "approx")
-Distinct = Literal["path", "query", "url", "user_agent", "method", "host"]
-DISTINCTS: tuple[Distinct, ...] = ("path", "query", "url", "user_agent", "method", "host")
-PatternField = Literal["path", "query", "url", "user_agent", "host"]
-PATTERN_FIELDS: tuple[PatternField, ...] = ("path", "query", "url", "user_agent", "host")
-IntelFormat = Literal["auto", "netset", "plain", "spamhaus", "json"]
-INTEL_FORMATS: tuple[IntelFormat, ...] = ("auto", "netset", "plain", "spamhaus", "json")
+from proxylog.config._reader import Node
+from proxylog.config.rule_specs import (
+    ACTIONS,
+    DEFAULT_MAX_KEYS,
+    DISTINCTS,
+    INTEL_FORMATS,
+    KEY_KINDS,
+    PATTERN_FIELDS,
+    PRECISIONS,
+    RULE_MODES,
+    Action,
+    EscalateSpec,
+    IntelSpec,
+    KeyKind,
+    KeySpec,
+    MatchSpec,
+    PatternField,
+    Precision,
+    ResponseSpec,
+    RuleSpec,
+    RulesSpec,
+)
 
 # An exact window stores up to `threshold` timestamps per key; above this, default to approx.
 EXACT_MAX_THRESHOLD = 100
-DEFAULT_MAX_KEYS = 100_000
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
-
-
-@dataclass(frozen=True, slots=True)
-class MatchSpec:
-    """Conditions on a request (and its response status); all must hold, values are any-of.
-
-    `patterns` holds re2 patterns or ``@list`` names per field; an empty user-agent pattern
-    matches a missing or empty User-Agent.
-    """
-
-    methods: frozenset[str] = frozenset()
-    statuses: frozenset[int] = frozenset()
-    patterns: tuple[tuple[PatternField, tuple[str, ...]], ...] = ()
-    headers: tuple[str, ...] = ()
-    missing_headers: tuple[str, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.methods or self.statuses or self.patterns or self.headers or self.missing_headers)
-
-
-@dataclass(frozen=True, slots=True)
-class KeySpec:
-    """What a rule counts per: the client IP, its network (with an optional wider tier), or
-    everything at once."""
-
-    kind: KeyKind = "client"
-    v4_prefix: int = 32
-    v6_prefix: int = 64
-    tier_v4: int | None = None
-    tier_v6: int | None = None
-    tier_factor: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class EscalateSpec:
-    """Repeat offenders: the n-th ban lasts ``ban * factor**(n-1)``, at most `max`; offences
-    are forgotten after `memory` seconds without one."""
-
-    factor: float = 2.0
-    max: float = 86_400.0
-    memory: float = 86_400.0
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseSpec:
-    """What a blocked client receives."""
-
-    status: int = 403
-    body: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RuleSpec:
-    """One threshold rule: a match, a key, a threshold within a window, and an action."""
-
-    id: str
-    when: MatchSpec = field(default_factory=MatchSpec)
-    unless: MatchSpec = field(default_factory=MatchSpec)
-    key: KeySpec = field(default_factory=KeySpec)
-    threshold: int = 1
-    window: float = 60.0
-    precision: Precision = "exact"
-    distinct: Distinct | None = None
-    action: Action = "tag"
-    tags: tuple[str, ...] = ()
-    tag_matches: bool = False
-    ban: float | None = None
-    escalate: EscalateSpec | None = None
-    mode: RuleMode | None = None
-    response: ResponseSpec = field(default_factory=ResponseSpec)
-    max_keys: int = DEFAULT_MAX_KEYS
-    description: str | None = None
-
-    @property
-    def phase(self) -> Literal["request", "response"]:
-        """Rules that look at the status run once the response is known; the others at request time."""
-        return "response" if self.when.statuses or self.unless.statuses else "request"
-
-
-@dataclass(frozen=True, slots=True)
-class IntelSpec:
-    """A threat-intel list of IPs and CIDRs, re-read from `file` every `refresh` seconds."""
-
-    name: str
-    file: str
-    format: IntelFormat = "auto"
-    action: Action = "block"
-    tags: tuple[str, ...] = ()
-    refresh: float = 3600.0
-    include_private: bool = False
-    mode: RuleMode | None = None
-    response: ResponseSpec = field(default_factory=ResponseSpec)
-
-
-@dataclass(frozen=True, slots=True)
-class RulesSpec:
-    """Everything the rule engine is compiled from."""
-
-    rules: tuple[RuleSpec, ...] = ()
-    intel: tuple[IntelSpec, ...] = ()
-    allow: tuple[IPNetwork, ...] = ()
-    packs: tuple[str, ...] = ()  # the rule pack files read (a config watcher may watch them)
 
 
 def named_lists() -> frozenset[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from proxylog.config.rules import EscalateSpec
+from proxylog.config.rule_specs import EscalateSpec
 from proxylog.rules._types import Ban, RuleEvent
 from proxylog.rules.clients import Client, normalize_key
 from proxylog.state import Store

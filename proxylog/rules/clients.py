@@ -7,7 +7,7 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
-from proxylog.config.rules import KeySpec
+from proxylog.config.rule_specs import KeySpec
 from proxylog.identity import parse_ip
 
 GLOBAL_KEY = "*"

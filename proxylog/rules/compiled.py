@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from proxylog.config.rules import PatternField, RuleSpec
+from proxylog.config.rule_specs import PatternField, RuleSpec
 from proxylog.rules.clients import KeyFunc, build_keys
 from proxylog.rules.matchers import DISTINCT_VALUE, Match, Scan, Scanner
 from proxylog.state import Counter, CounterSpec, Store

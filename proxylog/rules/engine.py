@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 from cachetools import LRUCache
 
-from proxylog.config.rules import RulesSpec
+from proxylog.config.rule_specs import RulesSpec
 from proxylog.errors import ConfigError
 from proxylog.record import RuleHit, format_timestamp
 from proxylog.rules._outcome import Outcome, RuleStats

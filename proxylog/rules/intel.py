@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import orjson
 
 from proxylog.config._reader import IPNetwork
-from proxylog.config.rules import IntelSpec
+from proxylog.config.rule_specs import IntelSpec
 
 logger = logging.getLogger("proxylog")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 import re2
 
-from proxylog.config.rules import PATTERN_FIELDS, MatchSpec, PatternField
+from proxylog.config.rule_specs import PATTERN_FIELDS, MatchSpec, PatternField
 from proxylog.rules._types import RequestFacts
 from proxylog.rules.named_lists import pattern_for
 

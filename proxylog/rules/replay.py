@@ -19,7 +19,8 @@ import orjson
 
 from proxylog.config import Config, ConfigError, load_config
 from proxylog.config._reader import Node
-from proxylog.config.rules import RulesSpec, parse_rules
+from proxylog.config.rule_specs import RulesSpec
+from proxylog.config.rules import parse_rules
 from proxylog.record import format_timestamp
 from proxylog.rules._types import RuleEvent
 from proxylog.rules.engine import RuleEngine
