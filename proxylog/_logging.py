@@ -6,6 +6,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+from collections.abc import Callable
 
 from proxylog.config import LogSpec
 from proxylog.record import cap_text
@@ -14,12 +15,18 @@ QUEUE_SIZE = 1000
 
 
 class _CappedFormatter(logging.Formatter):
-    def __init__(self, max_bytes: int) -> None:
+    """One line per event: secrets cleaned (`clean`), control characters escaped, capped."""
+
+    def __init__(self, max_bytes: int, clean: Callable[[str], str] | None = None) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.max_bytes = max_bytes
+        self.clean = clean
 
     def format(self, record: logging.LogRecord) -> str:
-        line, cut = cap_text(super().format(record), self.max_bytes)
+        text = super().format(record)
+        if self.clean is not None:
+            text = self.clean(text)
+        line, cut = cap_text(text, self.max_bytes)
         return line + " …[truncated]" if cut else line
 
 
@@ -35,14 +42,15 @@ class _DroppingQueueHandler(logging.handlers.QueueHandler):
             _DroppingQueueHandler.dropped += 1
 
 
-def setup_logging(spec: LogSpec) -> logging.handlers.QueueListener:
+def setup_logging(spec: LogSpec, clean: Callable[[str], str] | None = None) -> logging.handlers.QueueListener:
     """Route every log line to stderr through a bounded queue and one writer thread.
 
+    `clean` redacts secrets from each line (mitmproxy's debug logs quote raw request bytes).
     Multi-line messages and control characters are escaped by the formatter, so one event
     is one stderr line. Returns the listener; call `.stop()` at exit to flush it.
     """
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(_CappedFormatter(spec.max_line_bytes))
+    stderr.setFormatter(_CappedFormatter(spec.max_line_bytes, clean))
     records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
     listener = logging.handlers.QueueListener(records, stderr, respect_handler_level=False)
     root = logging.getLogger()

@@ -125,6 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from proxylog._logging import setup_logging
     from proxylog.mitm.master import proxy_modes, serve
+    from proxylog.redact import Redactor
 
     def flags(config: Config) -> Config:
         """The command-line overrides, applied at start and again to every reloaded config."""
@@ -139,7 +140,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = flags(_load(args.config))
     proxy_modes(config)  # validate before anything starts
-    listener = setup_logging(config.log)
+    # The formatter runs on the log thread: it gets a Redactor of its own.
+    listener = setup_logging(config.log, Redactor(config.redact).clean_text)
     try:
         return asyncio.run(serve(config, enforce=args.enforce, flags=flags))
     finally:

@@ -16,6 +16,8 @@ def read_secret(path: str | None, env: str | None, where: str) -> str:
                 value = f.read().strip()
         except OSError as e:
             raise ConfigError(where, f"cannot read secret file {path}: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(where, f"secret file {path} is not UTF-8 text") from e
         if not value:
             raise ConfigError(where, f"secret file {path} is empty")
         return value
