@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from proxylog.config._reader import IPNetwork, Node, parse_duration, parse_host_port, parse_size
+from proxylog.config._reader import IPNetwork, Node, optional, parse_duration, parse_host_port, parse_size
 from proxylog.config.ops import (
     AlertSpec,
     ControlSpec,
@@ -227,10 +226,10 @@ def _parse_timeouts(node: Node) -> TimeoutSpec:
     fields = node.fields({"upstream", "drain", "idle", "header"})
     defaults = TimeoutSpec()
     return TimeoutSpec(
-        upstream=_opt(fields.get("upstream"), lambda n: n.duration(min=0.001), defaults.upstream),
-        drain=_opt(fields.get("drain"), lambda n: n.duration(), defaults.drain),
-        idle=_opt(fields.get("idle"), lambda n: n.duration(min=1), defaults.idle),
-        header=_opt(fields.get("header"), lambda n: n.duration(), defaults.header),
+        upstream=optional(fields.get("upstream"), lambda n: n.duration(min=0.001), defaults.upstream),
+        drain=optional(fields.get("drain"), lambda n: n.duration(), defaults.drain),
+        idle=optional(fields.get("idle"), lambda n: n.duration(min=1), defaults.idle),
+        header=optional(fields.get("header"), lambda n: n.duration(), defaults.header),
     )
 
 
@@ -238,8 +237,8 @@ def _parse_limits(node: Node) -> LimitSpec:
     fields = node.fields({"body_size", "stream_threshold"})
     defaults = LimitSpec()
     return LimitSpec(
-        body_size=_opt(fields.get("body_size"), lambda n: n.size(min=1), defaults.body_size),
-        stream_threshold=_opt(
+        body_size=optional(fields.get("body_size"), lambda n: n.size(min=1), defaults.body_size),
+        stream_threshold=optional(
             fields.get("stream_threshold"), lambda n: n.size(min=1), defaults.stream_threshold
         ),
     )
@@ -249,12 +248,14 @@ def _parse_record(node: Node) -> RecordSpec:
     fields = node.fields({"headers", "response_headers", "max_field_bytes", "schema"})
     defaults = RecordSpec()
     return RecordSpec(
-        headers=_opt(fields.get("headers"), _header_names, defaults.headers),
-        response_headers=_opt(fields.get("response_headers"), _header_names, defaults.response_headers),
-        max_field_bytes=_opt(
+        headers=optional(fields.get("headers"), Node.header_names, defaults.headers),
+        response_headers=optional(
+            fields.get("response_headers"), Node.header_names, defaults.response_headers
+        ),
+        max_field_bytes=optional(
             fields.get("max_field_bytes"), lambda n: n.size(min=64), defaults.max_field_bytes
         ),
-        schema=_opt(fields.get("schema"), lambda n: n.choice(SCHEMAS), defaults.schema),
+        schema=optional(fields.get("schema"), lambda n: n.choice(SCHEMAS), defaults.schema),
     )
 
 
@@ -262,20 +263,8 @@ def _parse_log(node: Node) -> LogSpec:
     fields = node.fields({"level", "max_line_bytes"})
     defaults = LogSpec()
     return LogSpec(
-        level=_opt(fields.get("level"), lambda n: n.choice(LOG_LEVELS), defaults.level),
-        max_line_bytes=_opt(fields.get("max_line_bytes"), lambda n: n.size(min=80), defaults.max_line_bytes),
+        level=optional(fields.get("level"), lambda n: n.choice(LOG_LEVELS), defaults.level),
+        max_line_bytes=optional(
+            fields.get("max_line_bytes"), lambda n: n.size(min=80), defaults.max_line_bytes
+        ),
     )
-
-
-def _header_names(node: Node) -> tuple[str, ...]:
-    names = []
-    for item in node.items():
-        name = item.string().strip().lower()
-        if not name.isascii() or any(c in name for c in ' \t:"(),/;<=>?@[\\]{}'):
-            item.fail(f"not a valid header name: {item.value!r}")
-        names.append(name)
-    return tuple(dict.fromkeys(names))
-
-
-def _opt[T](node: Node | None, parse: Callable[[Node], T], default: T) -> T:
-    return default if node is None else parse(node)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -16,6 +16,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 
 def parse_duration(text: str | float) -> float:
@@ -104,6 +105,16 @@ class Node:
     def strings(self) -> tuple[str, ...]:
         return tuple(item.string() for item in self.items())
 
+    def header_names(self) -> tuple[str, ...]:
+        """A list of HTTP field names (RFC 9110 tokens), lowercased, duplicates dropped."""
+        names = []
+        for item in self.items():
+            name = item.string().strip().lower()
+            if not _HEADER_NAME.fullmatch(name):
+                item.fail(f"not a valid header name: {item.value!r}")
+            names.append(name)
+        return tuple(dict.fromkeys(names))
+
     def boolean(self) -> bool:
         if not isinstance(self.value, bool):
             self.fail(f"expected true or false, got {_describe(self.value)}")
@@ -181,6 +192,11 @@ class Node:
             self.fail(f"expected a {'/'.join(schemes)} URL like http://127.0.0.1:3000, got {text!r}")
         del port
         return text
+
+
+def optional[T](node: Node | None, parse: Callable[[Node], T], default: T) -> T:
+    """`parse(node)` for a key that is present, else `default`."""
+    return default if node is None else parse(node)
 
 
 class Fields:

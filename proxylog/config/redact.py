@@ -195,7 +195,7 @@ def parse_redact(node: Node) -> RedactSpec:
     spec = RedactSpec(
         action=action.choice(ACTIONS) if action else defaults.action,
         actions=_parse_actions(actions) if actions else (),
-        headers=_dedupe(defaults.headers + _header_names(headers)) if headers else defaults.headers,
+        headers=_dedupe(defaults.headers + headers.header_names()) if headers else defaults.headers,
         keep_cookies=_names(fields.get("keep_cookies"), lower=False),
         keys=_dedupe(defaults.keys + _keys(keys)) if keys else defaults.keys,
         keep_keys=_names(fields.get("keep_keys"), lower=True),
@@ -230,16 +230,6 @@ def _parse_actions(node: Node) -> tuple[tuple[str, Action], ...]:
         if child is not None:
             result.append((target, child.choice(ACTIONS)))
     return tuple(result)
-
-
-def _header_names(node: Node) -> tuple[str, ...]:
-    names = []
-    for item in node.items():
-        name = item.string().strip().lower()
-        if not name.isascii() or any(c in name for c in ' \t:"(),/;<=>?@[\\]{}'):
-            item.fail(f"not a valid header name: {item.value!r}")
-        names.append(name)
-    return tuple(names)
 
 
 def _names(node: Node | None, *, lower: bool) -> tuple[str, ...]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import re2
 import yaml
 
-from proxylog.config._reader import Node
+from proxylog.config._reader import Node, optional
 from proxylog.config.rule_specs import (
     ACTIONS,
     DEFAULT_MAX_KEYS,
@@ -45,7 +44,6 @@ from proxylog.config.rule_specs import (
 EXACT_MAX_THRESHOLD = 100
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
@@ -163,14 +161,14 @@ class _Parser:
             )
         when = self._match(fields.get("when"))
         unless = self._match(fields.get("unless"))
-        threshold = _opt(fields.get("threshold"), lambda n: n.integer(min=1, max=1_000_000), 1)
+        threshold = optional(fields.get("threshold"), lambda n: n.integer(min=1, max=1_000_000), 1)
         precision_node = fields.get("precision")
         precision: Precision = (
             precision_node.choice(PRECISIONS)
             if precision_node is not None
             else ("exact" if threshold <= EXACT_MAX_THRESHOLD else "approx")
         )
-        action: Action = _opt(fields.get("action"), lambda n: n.choice(ACTIONS), "tag")
+        action: Action = optional(fields.get("action"), lambda n: n.choice(ACTIONS), "tag")
         key = _key(fields)
         rule = RuleSpec(
             id=rule_id,
@@ -178,20 +176,20 @@ class _Parser:
             unless=unless,
             key=key,
             threshold=threshold,
-            window=_opt(fields.get("window"), lambda n: n.duration(min=0.001), 60.0),
+            window=optional(fields.get("window"), lambda n: n.duration(min=0.001), 60.0),
             precision=precision,
-            distinct=_opt(fields.get("distinct"), lambda n: n.choice(DISTINCTS), None),
+            distinct=optional(fields.get("distinct"), lambda n: n.choice(DISTINCTS), None),
             action=action,
-            tags=_opt(fields.get("tags"), _tags, (rule_id,)),
-            tag_matches=_opt(fields.get("tag_matches"), Node.boolean, False),
-            ban=_opt(fields.get("ban"), lambda n: n.duration(min=1), None),
-            escalate=_opt(fields.get("escalate"), _escalate, None),
-            mode=_opt(fields.get("mode"), lambda n: n.choice(RULE_MODES), None),
-            response=_opt(fields.get("response"), _response, _default_response(when, unless)),
-            max_keys=_opt(
+            tags=optional(fields.get("tags"), _tags, (rule_id,)),
+            tag_matches=optional(fields.get("tag_matches"), Node.boolean, False),
+            ban=optional(fields.get("ban"), lambda n: n.duration(min=1), None),
+            escalate=optional(fields.get("escalate"), _escalate, None),
+            mode=optional(fields.get("mode"), lambda n: n.choice(RULE_MODES), None),
+            response=optional(fields.get("response"), _response, _default_response(when, unless)),
+            max_keys=optional(
                 fields.get("max_keys"), lambda n: n.integer(min=1, max=10_000_000), DEFAULT_MAX_KEYS
             ),
-            description=_opt(fields.get("description"), Node.string, None),
+            description=optional(fields.get("description"), Node.string, None),
         )
         _check_rule(rule, fields)
         return rule
@@ -209,8 +207,8 @@ class _Parser:
             methods=frozenset(_methods(fields.get("method"))),
             statuses=frozenset(_statuses(fields.get("status"))),
             patterns=tuple(patterns),
-            headers=_header_names(fields.get("headers")),
-            missing_headers=_header_names(fields.get("missing_headers")),
+            headers=_header_list(fields.get("headers")),
+            missing_headers=_header_list(fields.get("missing_headers")),
         )
 
     def _pattern(self, item: Node, field_name: PatternField) -> str:
@@ -244,7 +242,7 @@ _INTEL_KEYS = frozenset(
 
 
 def _key(fields: Any) -> KeySpec:
-    kind: KeyKind = _opt(fields.get("key"), lambda n: n.choice(KEY_KINDS), "client")
+    kind: KeyKind = optional(fields.get("key"), lambda n: n.choice(KEY_KINDS), "client")
     prefix, tier = fields.get("prefix"), fields.get("tier")
     for node in (prefix, tier):
         if node is not None and kind != "client_net":
@@ -252,21 +250,21 @@ def _key(fields: Any) -> KeySpec:
     v4, v6 = 32, 64
     if prefix is not None:
         p = prefix.fields({"v4", "v6"})
-        v4 = _opt(p.get("v4"), lambda n: n.integer(min=8, max=32), v4)
-        v6 = _opt(p.get("v6"), lambda n: n.integer(min=16, max=128), v6)
+        v4 = optional(p.get("v4"), lambda n: n.integer(min=8, max=32), v4)
+        v6 = optional(p.get("v6"), lambda n: n.integer(min=16, max=128), v6)
     spec = KeySpec(kind=kind, v4_prefix=v4, v6_prefix=v6)
     if tier is None:
         return spec
     t = tier.fields({"v4", "v6", "factor"})
-    tier_v4 = _opt(t.get("v4"), lambda n: n.integer(min=8, max=32), None)
-    tier_v6 = _opt(t.get("v6"), lambda n: n.integer(min=16, max=128), None)
+    tier_v4 = optional(t.get("v4"), lambda n: n.integer(min=8, max=32), None)
+    tier_v6 = optional(t.get("v6"), lambda n: n.integer(min=16, max=128), None)
     if tier_v4 is None and tier_v6 is None:
         tier.fail("name a wider prefix for v4 and/or v6, e.g. {v6: 48, factor: 4}")
     if tier_v4 is not None and tier_v4 >= v4:
         t.require("v4").fail(f"a tier must be wider than the /{v4} key, got /{tier_v4}")
     if tier_v6 is not None and tier_v6 >= v6:
         t.require("v6").fail(f"a tier must be wider than the /{v6} key, got /{tier_v6}")
-    factor = _opt(t.get("factor"), lambda n: n.integer(min=1, max=1000), 4)
+    factor = optional(t.get("factor"), lambda n: n.integer(min=1, max=1000), 4)
     return KeySpec(kind, v4, v6, tier_v4, tier_v6, factor)
 
 
@@ -309,32 +307,32 @@ def _intel(node: Node, base: Path) -> IntelSpec:
     return IntelSpec(
         name=name,
         file=str(path),
-        format=_opt(fields.get("format"), lambda n: n.choice(INTEL_FORMATS), "auto"),
-        action=_opt(fields.get("action"), lambda n: n.choice(ACTIONS), "block"),
-        tags=_opt(fields.get("tags"), _tags, (name,)),
-        refresh=_opt(fields.get("refresh"), lambda n: n.duration(min=1), 3600.0),
-        include_private=_opt(fields.get("include_private"), Node.boolean, False),
-        mode=_opt(fields.get("mode"), lambda n: n.choice(RULE_MODES), None),
-        response=_opt(fields.get("response"), _response, ResponseSpec()),
+        format=optional(fields.get("format"), lambda n: n.choice(INTEL_FORMATS), "auto"),
+        action=optional(fields.get("action"), lambda n: n.choice(ACTIONS), "block"),
+        tags=optional(fields.get("tags"), _tags, (name,)),
+        refresh=optional(fields.get("refresh"), lambda n: n.duration(min=1), 3600.0),
+        include_private=optional(fields.get("include_private"), Node.boolean, False),
+        mode=optional(fields.get("mode"), lambda n: n.choice(RULE_MODES), None),
+        response=optional(fields.get("response"), _response, ResponseSpec()),
     )
 
 
 def _escalate(node: Node) -> EscalateSpec:
     fields = node.fields({"factor", "max", "memory"})
     default = EscalateSpec()
-    maximum = _opt(fields.get("max"), lambda n: n.duration(min=1), default.max)
+    maximum = optional(fields.get("max"), lambda n: n.duration(min=1), default.max)
     return EscalateSpec(
-        factor=_opt(fields.get("factor"), lambda n: n.number(min=1, max=100), default.factor),
+        factor=optional(fields.get("factor"), lambda n: n.number(min=1, max=100), default.factor),
         max=maximum,
-        memory=_opt(fields.get("memory"), lambda n: n.duration(min=1), max(default.memory, maximum)),
+        memory=optional(fields.get("memory"), lambda n: n.duration(min=1), max(default.memory, maximum)),
     )
 
 
 def _response(node: Node) -> ResponseSpec:
     fields = node.fields({"status", "body"})
     return ResponseSpec(
-        status=_opt(fields.get("status"), lambda n: n.integer(min=400, max=599), 403),
-        body=_opt(fields.get("body"), lambda n: n.string(allow_empty=True), None),
+        status=optional(fields.get("status"), lambda n: n.integer(min=400, max=599), 403),
+        body=optional(fields.get("body"), lambda n: n.string(allow_empty=True), None),
     )
 
 
@@ -380,16 +378,11 @@ def _statuses(node: Node | None) -> list[int]:
     return codes
 
 
-def _header_names(node: Node | None) -> tuple[str, ...]:
+def _header_list(node: Node | None) -> tuple[str, ...]:
     if node is None:
         return ()
-    names = []
-    for item in _nonempty(node):
-        name = item.string().strip().lower()
-        if not _HEADER.match(name):
-            item.fail(f"not a valid header name: {item.value!r}")
-        names.append(name)
-    return tuple(dict.fromkeys(names))
+    _nonempty(node)
+    return node.header_names()
 
 
 def _nonempty(node: Node) -> list[Node]:
@@ -402,7 +395,3 @@ def _nonempty(node: Node) -> list[Node]:
 def _resolve(text: str, base: Path) -> Path:
     path = Path(os.path.expanduser(text))
     return path if path.is_absolute() else base / path
-
-
-def _opt[T](node: Node | None, parse: Callable[[Node], T], default: T) -> T:
-    return default if node is None else parse(node)
