@@ -40,6 +40,21 @@ _UNDERSCORE_CHECKED = (
 )
 _PROXYLOG_PREFIX = b"x-proxylog-"
 
+# What start_flow does with a header, by lowercased name, in one dict lookup: the first four
+# are dropped (X-Forwarded-For and X-Request-Id are read first), the rest read and forwarded.
+_STRIP, _XFF, _REQUEST_ID, _TRUSTED_ONLY, _AGENT, _HOST, _LENGTH, _CHUNKED, _TYPE = range(9)
+_HANDLING: dict[bytes, int] = {
+    **dict.fromkeys(_ALWAYS_STRIPPED, _STRIP),
+    b"x-forwarded-for": _XFF,
+    b"x-request-id": _REQUEST_ID,
+    **dict.fromkeys(_FROM_TRUSTED, _TRUSTED_ONLY),
+    b"user-agent": _AGENT,
+    b"host": _HOST,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _CHUNKED,
+    b"content-type": _TYPE,
+}
+
 
 class ByteCounter:
     """A `stream` callable that counts body bytes as they pass, storing nothing."""
@@ -138,29 +153,32 @@ def start_flow(flow: http.HTTPFlow, trusted: TrustedProxies, spec: RecordSpec) -
         names.append(lname)
         if lname in capture:
             found[lname] = found[lname] + b", " + value if lname in found else value
-        if b"_" in lname:
-            norm = lname.replace(b"_", b"-")
-            if norm in _UNDERSCORE_CHECKED or norm.startswith(_PROXYLOG_PREFIX):
+        handling = _HANDLING.get(lname)
+        if handling is None:  # most headers: forwarded unless a spoofing variant
+            if b"_" in lname:
+                norm = lname.replace(b"_", b"-")
+                if norm in _UNDERSCORE_CHECKED or norm.startswith(_PROXYLOG_PREFIX):
+                    continue
+            elif lname.startswith(_PROXYLOG_PREFIX):
                 continue
-        elif lname in _REWRITTEN or lname in _ALWAYS_STRIPPED or lname.startswith(_PROXYLOG_PREFIX):
-            if lname == b"x-forwarded-for":
+        elif handling <= _TRUSTED_ONLY:  # never forwarded as the client sent it
+            if handling == _XFF:
                 forwarded_for.append(value.decode("latin-1"))
-            elif lname == b"x-request-id":
+            elif handling == _REQUEST_ID:
                 client_request_id = value.decode("latin-1")
+            elif handling == _TRUSTED_ONLY:
+                from_peer.setdefault(lname, value)
             continue
-        elif lname in _FROM_TRUSTED:
-            from_peer.setdefault(lname, value)
-            continue
-        elif lname == b"user-agent":
+        elif handling == _AGENT:
             agent = value
-        elif lname == b"host":
+        elif handling == _HOST:
             host = value
             hosts += 1
-        elif lname == b"content-length":
+        elif handling == _LENGTH:
             has_length = True
-        elif lname == b"transfer-encoding":
+        elif handling == _CHUNKED:
             chunked = True
-        elif lname == b"content-type":
+        else:
             content_type = value
         kept.append((name, value))
 
