@@ -1,10 +1,11 @@
-"""End-to-end throughput and latency: wrk against five paths to the same Puma, in one run.
+"""End-to-end throughput and latency: wrk against seven paths to the same Puma, in one run.
 
     .venv/bin/python benchmarks/e2e.py [--duration 10] [--rounds 2] [--connections 8]
 
 Paths: Puma direct; nginx reverse proxy with a JSON access log; plain `mitmdump` reverse
 (its default addons, no script); a lean mitmproxy Master with no addon (proxylog's master
-minus ProxyLog); `proxylog serve` writing records to a file. Rounds are interleaved so drift
+minus ProxyLog); `proxylog serve` writing records to a file, without and with the default
+rule pack (monitor mode; redaction is on in both). Rounds are interleaved so drift
 on a shared machine hits every path alike; the table shows the median round. Everything
 started here is stopped here. Needs Debian's puma, nginx and wrk.
 """
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.conftest import RACK_APP, free_port, wait_for_port
 
 BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
 PYTHON = sys.executable
 BIN = Path(sys.executable).parent
 
@@ -143,18 +145,24 @@ def main() -> int:
         f"sinks: [{{type: file, path: {work}/proxylog-access.jsonl}}]\nstate_dir: {work}/state\n"
     )
 
-    def proxylog(port: int) -> subprocess.Popen[bytes]:
-        cmd = [
-            str(BIN / "proxylog"),
-            "serve",
-            "--config",
-            str(config),
-            "--upstream",
-            upstream,
-            "--listen",
-            f"127.0.0.1:{port}",
-        ]
-        return start(cmd, port)
+    pack = work / "proxylog-pack.yaml"  # the shipped default: rule pack in monitor mode
+    pack.write_text(f"{config.read_text()}rules: [{{include: {ROOT}/configs/rules/default.yaml}}]\n")
+
+    def proxylog(config: Path) -> Callable[[int], subprocess.Popen[bytes]]:
+        def launch(port: int) -> subprocess.Popen[bytes]:
+            cmd = [
+                str(BIN / "proxylog"),
+                "serve",
+                "--config",
+                str(config),
+                "--upstream",
+                upstream,
+                "--listen",
+                f"127.0.0.1:{port}",
+            ]
+            return start(cmd, port)
+
+        return launch
 
     def mitmdump(port: int) -> subprocess.Popen[bytes]:
         cmd = [
@@ -182,7 +190,8 @@ def main() -> int:
         "mitmdump (no addons)": mitmdump,
         "lean Master, plain (no addon)": lean("plain"),
         "lean Master, cached dispatch (no addon)": lean("cached"),
-        "proxylog serve (file sink)": proxylog,
+        "proxylog serve (file sink)": proxylog(config),
+        "proxylog serve (file sink, default rule pack)": proxylog(pack),
     }
     results: dict[str, list[Result]] = {name: [] for name in paths}
     try:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.conftest import RACK_APP, free_port, wait_for_port
 
 BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
 BIN = Path(sys.executable).parent
 
 
@@ -73,6 +74,19 @@ def count(cmd: list[str], port: int, requests: int, connections: int, work: Path
     return int(totals[0]) / requests
 
 
+def serve(config: Path, upstream: str, port: int) -> list[str]:
+    return [
+        str(BIN / "proxylog"),
+        "serve",
+        "--config",
+        str(config),
+        "--upstream",
+        upstream,
+        "--listen",
+        f"127.0.0.1:{port}",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -94,6 +108,8 @@ def main() -> int:
     upstream = f"http://127.0.0.1:{puma_port}"
     config = work / "proxylog.yaml"
     config.write_text(f"sinks: [{{type: file, path: {work}/access.jsonl}}]\nstate_dir: {work}/state\n")
+    pack = work / "proxylog-pack.yaml"  # the shipped default: rule pack in monitor mode
+    pack.write_text(f"{config.read_text()}rules: [{{include: {ROOT}/configs/rules/default.yaml}}]\n")
     results: dict[str, float] = {}
     try:
         wait_for_port(puma_port)
@@ -124,16 +140,8 @@ def main() -> int:
                 str(p),
                 str(work / "state"),
             ],
-            "proxylog serve (file sink)": lambda p: [
-                str(BIN / "proxylog"),
-                "serve",
-                "--config",
-                str(config),
-                "--upstream",
-                upstream,
-                "--listen",
-                f"127.0.0.1:{p}",
-            ],
+            "proxylog serve (file sink)": lambda p: serve(config, upstream, p),
+            "proxylog serve (file sink, default rule pack)": lambda p: serve(pack, upstream, p),
         }
         for name, make in paths.items():
             port = free_port()
