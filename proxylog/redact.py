@@ -124,8 +124,8 @@ class Redactor:
         """Redact without the nothing-to-hide shortcut: key-based redaction, then path
         patterns and detectors if their prefilter matches. Tests check both paths agree."""
         text = self.text
-        request_headers = self._headers(record.request_headers, text.header)
-        response_headers = self._headers(record.response_headers, text.header)
+        request_headers = self._headers(record.request_headers, self._header)
+        response_headers = self._headers(record.response_headers, self._header)
         query = record.query
         if query and "=" in query:
             query = text.pairs(query)
@@ -151,8 +151,8 @@ class Redactor:
             domain = text.scan(domain)
             user_agent = text.scan(user_agent) if user_agent else user_agent
             request_id = text.scan(request_id)
-            request_headers = self._headers(request_headers, _scanner(text.scan))
-            response_headers = self._headers(response_headers, _scanner(text.scan))
+            request_headers = self._headers(request_headers, self._scan_header)
+            response_headers = self._headers(response_headers, self._scan_header)
             if body is not None:
                 body = self._scan_body(body, 0)
 
@@ -197,6 +197,19 @@ class Redactor:
         if body is not None:
             blob += b"\n" + orjson.dumps(body)
         return blob
+
+    def _header(self, name: str, value: str) -> str | None:
+        """The key-based pass over one header; a value the fast path proved clean (see
+        `_redact`: Accept, User-Agent, … repeat across requests) is skipped."""
+        if value in self._clean and self.text.plain_headers.get(name):
+            return value
+        return self.text.header(name, value)
+
+    def _scan_header(self, name: str, value: str) -> str | None:
+        """The detector and path-pattern pass over one header value."""
+        if value in self._clean and self.text.plain_headers.get(name):
+            return value
+        return self.text.scan(value)
 
     def _headers(self, headers: Headers, clean: Cleaner) -> Headers:
         """Headers with each value cleaned by `clean(name, value)`; the same tuple if none
@@ -326,10 +339,6 @@ class _Dropped:
 
 
 _DROPPED = _Dropped()
-
-
-def _scanner(scan: Callable[[str], str]) -> Cleaner:
-    return lambda name, value: scan(value)
 
 
 def _url_path(value: str) -> str:

@@ -384,3 +384,22 @@ def test_the_fast_path_and_the_full_pass_agree_on_examples() -> None:
     record = make_record(query="a=%74oken%3Dx", request_headers=headers(("referer", "https://x/?sig=1")))
     assert DEFAULT(record) == DEFAULT.full(record)
     assert DEFAULT(record).query == "a=token%3D[REDACTED]"
+
+
+@pytest.mark.parametrize("anonymize", [False, True])
+def test_values_known_clean_are_still_redacted_in_headers_that_need_it(anonymize: bool) -> None:
+    """The full pass skips plain header values an earlier request proved clean; the same
+    text in a credential or IP header is still redacted, and the result matches a fresh
+    Redactor's."""
+    value = "203.0.113.9"
+    spec = parse_config({"redact": {"anonymize_ip": anonymize}}).redact
+    warm, fresh = Redactor(spec), Redactor(spec)
+    seen = warm(make_record(request_headers=headers(("accept", value))))
+    assert seen.request_headers == (("accept", value),)
+    record = make_record(
+        request_headers=headers(("accept", value), ("x-api-key", value), ("x-forwarded-for", value))
+    )
+    redacted = warm(record)
+    assert redacted == fresh(record)
+    assert dict(redacted.request_headers)["x-api-key"] == "[REDACTED]"
+    assert (dict(redacted.request_headers)["x-forwarded-for"] == value) is not anonymize
