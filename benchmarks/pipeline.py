@@ -14,9 +14,11 @@ counted), with the process pinned to one CPU.
    runs, in its order: start_flow (client identity, captured headers, forwarding headers),
    facts_from_flow + engine.check, start_response, engine.observe, record_from_flow and
    Runtime.emit (redact, encode with orjson, queue on the sink; the sink thread is not run).
-   Records per second, best of --repeat, with the built-in defaults (no rules) and the
-   shipped configs/proxylog.yaml (default rule pack, monitor mode), each capturing the
-   default headers or all ten; then one more pass split per stage.
+   The flows come from 1,000 client addresses in turn, a site's traffic (one client's
+   flood would keep the rate rules firing on every request; benchmarks/rules.py measures
+   scanner traffic). Records per second, best of --repeat, with the built-in defaults (no
+   rules) and the shipped configs/proxylog.yaml (default rule pack, monitor mode), each
+   capturing the default headers or all ten; then one more pass split per stage.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from mitmproxy import http
+from mitmproxy import connection, http
 from mitmproxy.test import tflow
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -134,17 +136,32 @@ def bench_redaction(repeat: int) -> None:
         print(f"   {name:<62} {statistics.median(means):>7.2f} {p99:>7.2f}")
 
 
+def _clients(count: int) -> list[connection.Client]:
+    """`count` client connections from distinct public addresses."""
+    clients = []
+    for index in range(count):
+        client = tflow.tclient_conn()
+        client.peername = (f"93.{184 + index // 256}.{index % 256}.34", 50_000 + index)
+        clients.append(client)
+    return clients
+
+
+CLIENTS = 1000
+
+
 def make_flows(count: int) -> list[http.HTTPFlow]:
     """Fresh flows of the typical request with a 200 response (the stages rewrite headers,
-    so every timed run needs its own). Connections are shared: the stages only read them."""
-    template = tflow.tflow(resp=True)
-    client, server = template.client_conn, template.server_conn
+    so every timed run needs its own), from CLIENTS returning clients in turn: a site's
+    traffic, not one client's flood (that is the rules benchmark's scanner workload).
+    Connections are shared: the stages only read them."""
+    server = tflow.tflow(resp=True).server_conn
+    clients = _clients(CLIENTS)
     headers = [(name.encode(), value.encode()) for name, value in HEADERS]
     body = b"<html>" + b"x" * 2000 + b"</html>"
     flows = []
     now = time.time()
-    for _ in range(count):
-        flow = http.HTTPFlow(client, server)
+    for index in range(count):
+        flow = http.HTTPFlow(clients[index % CLIENTS], server)
         flow.request = http.Request(
             "shop.example.com",
             80,
