@@ -270,6 +270,39 @@ async def test_partial_failures_resend_only_the_rest(tmp_path: Path) -> None:
     await worker.close(1)
 
 
+class RefusesTheMarkerThenDies(MemorySink):
+    """Takes the records of its first batch but not the marker leading it, then is down."""
+
+    def write(self, lines: list[bytes]) -> None:
+        if not self.lines:
+            records = [x for x in lines if b"records_dropped" not in x]
+            self.lines.extend(records)
+            raise PartialFailure("the marker was refused", [x for x in lines if x not in records])
+        raise SinkError("collector down")
+
+
+async def test_a_marker_cut_off_by_a_partial_failure_survives_shutdown(tmp_path: Path) -> None:
+    """A marker left undelivered by a partial write, with the sink then down until shutdown,
+    goes to the spool and reaches the stream on the next run: the loss is never forgotten."""
+    sink = RefusesTheMarkerThenDies()
+    worker = SinkWorker(sink, spec(tmp_path, queue=3, batch=10))
+    for i in range(5):  # the worker is not running yet: 2 lines overflow the queue
+        worker.submit(line(i))
+    assert worker.stats.dropped == 2
+    worker.start()
+    await wait_until(lambda: worker.stats.retries >= 2)
+    await worker.close(0.2)
+    assert seqs(sink) == [0, 1, 2] and not events(sink, "records_dropped")
+
+    next_run = MemorySink()
+    replay = SinkWorker(next_run, spec(tmp_path))
+    replay.start()
+    await wait_until(lambda: events(next_run, "records_dropped"))
+    [marker] = events(next_run, "records_dropped")
+    assert marker["proxylog"]["dropped"]["count"] == 2
+    await replay.close(1)
+
+
 class CrashingSink(MemorySink):
     """A sink with a bug: raises a plain exception."""
 

@@ -141,6 +141,13 @@ class SinkWorker:
         self._reopen.set()
         self._wakeup.set()
 
+    def discard(self) -> None:
+        """Release a worker that never started (a reload that failed after building it)."""
+        try:
+            self.sink.close()
+        except Exception as e:
+            logger.error("sink %s: close failed: %s", self.name, e)
+
     def start(self) -> None:
         """Start the sink's threads (idempotent)."""
         if self._threads:
@@ -245,8 +252,14 @@ class SinkWorker:
             try:
                 self.sink.write([*markers, *pending])
             except PartialFailure as e:
-                ledger.settle(receipt)
-                pending = e.remaining
+                # Markers lead the batch: if any is still unwritten, none counts as announced,
+                # and the next attempt carries fresh ones (never a marker left in the hand).
+                sent_markers = set(markers)
+                if any(line in sent_markers for line in e.remaining):
+                    ledger.retract(markers)
+                else:
+                    ledger.settle(receipt)
+                pending = [line for line in e.remaining if line not in sent_markers]
                 self._note_failure(e)
             except PoisonBatch as e:
                 ledger.settle(receipt)
