@@ -19,6 +19,7 @@ MASK = "[REDACTED]"
 PARTIAL_MIN_CHARS = 12  # shorter values are masked: four characters would be a third of them
 HASH_HEX_CHARS = 16
 CACHE_SIZE = 4096
+DECODE_ROUNDS = 3
 
 Act = Callable[[str], str | None]
 
@@ -61,6 +62,17 @@ def url_decoded(value: str) -> str:
     return unquote_plus(value, errors="replace") if "%" in value or "+" in value else value
 
 
+def fully_decoded(value: str) -> str:
+    """`value` URL-decoded until it stops changing, at most DECODE_ROUNDS times: what an app
+    that decodes a parameter once more than it should reads (``%2570`` is ``%70`` is ``p``)."""
+    for _ in range(DECODE_ROUNDS):
+        decoded = url_decoded(value)
+        if decoded == value:
+            break
+        value = decoded
+    return value
+
+
 class KeyMatcher:
     """Is a parameter key secret? Rails-style substrings, whole keys, ``/re2/`` patterns and
     exemptions, after percent-decoding; answers are cached (keys repeat across requests)."""
@@ -84,11 +96,7 @@ class KeyMatcher:
         return hit
 
     def _classify(self, key: str) -> bool:
-        for _ in range(3):  # %2570assword is %70assword is password
-            decoded = url_decoded(key)
-            if decoded == key:
-                break
-            key = decoded
+        key = fully_decoded(key)
         lower = key.strip().lower()
         parts = [p.strip() for p in lower.replace("]", "[").split("[") if p.strip()]
         if lower in self._keep or (parts and parts[-1] in self._keep):
@@ -110,8 +118,9 @@ def key_hints(spec: RedactSpec) -> list[str]:
     property test against the full pass."""
     hints = [
         r"%[0-9A-Fa-f]{2}[^&;=]*=",  # a percent-encoded key decodes to anything
-        r"%3[DdAa]|%2[Ff]",  # an encoded URL or query inside a parameter value
+        r"%(?:25){0,2}(?:3[DdAa]|2[Ff])",  # an encoded URL or query in a value, maybe twice over
         r"://[^/ \t]*@",  # URL userinfo
+        r"(?m:^|=)//[^/ \t]*@",  # userinfo of a scheme-less URL (a header, a path, a value)
     ]
     substrings = [k for k in spec.keys if not is_regex(k)]
     if substrings:

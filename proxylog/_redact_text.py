@@ -19,6 +19,7 @@ from proxylog._redact_keys import (
     CACHE_SIZE,
     KeyMatcher,
     action_for,
+    fully_decoded,
     key_hints,
     searcher,
     url_decoded,
@@ -31,7 +32,7 @@ from proxylog.config.redact import (
 )
 from proxylog.detectors import DETECTORS, Detector
 
-NESTED_DEPTH = 2  # a URL inside a parameter inside a URL, and no deeper
+NESTED_DEPTH = 2  # a URL inside a parameter inside a URL; deeper, a suspect value goes whole
 
 AUTH_SCHEMES = frozenset(
     {
@@ -216,7 +217,7 @@ class TextRedactor:
 
     def text(self, value: str, depth: int = 0) -> str:
         """Any other text (a header value, a body string): URLs and ``key=value`` pairs."""
-        if "://" in value or "?" in value or "#" in value:
+        if "://" in value or "?" in value or "#" in value or value.startswith("//"):
             return self.url(value, depth)
         if "=" in value:
             return self.pairs(value, depth)
@@ -236,10 +237,10 @@ class TextRedactor:
         return new_head + q + new_query + hsh + new_fragment
 
     def userinfo(self, text: str) -> str:
-        """``scheme://user:pass@host`` → ``scheme://[REDACTED]@host`` for each URL in `text`."""
-        start = text.find("://")
-        while start >= 0:
-            authority = start + 3
+        """``scheme://user:pass@host`` → ``scheme://[REDACTED]@host`` for each URL in `text`,
+        and a leading scheme-less ``//user:pass@host``."""
+        authority = 2 if text.startswith("//") else _authority(text, 0)
+        while authority >= 0:
             end = len(text)
             for stop in "/ \t":
                 found = text.find(stop, authority)
@@ -249,12 +250,19 @@ class TextRedactor:
             if at >= 0:
                 new = self.act_userinfo(text[authority:at])
                 text = text[:authority] + ("" if new is None else new + "@") + text[at + 1 :]
-            start = text.find("://", authority)
+            authority = _authority(text, authority)
         return text
 
     def pairs(self, text: str, depth: int = 0) -> str:
         """``a=1&token=x;b=2`` with the values of secret keys redacted (any case, encoded or
-        repeated keys). ``;`` separates too: Rack 2 split on it, so an app may read it."""
+        repeated keys). ``;`` separates too: Rack 2 split on it, so an app may read it; so
+        does ``#``: a client may send a fragment in the request line, and it lands here."""
+        if "#" in text:
+            head, _, fragment = text.partition("#")
+            new_head, new_fragment = self.pairs(head, depth), self.pairs(fragment, depth)
+            if new_head is head and new_fragment is fragment:
+                return text
+            return f"{new_head}#{new_fragment}"
         groups = text.split("&")
         changed = False
         known = self.secret_key.cache
@@ -272,10 +280,10 @@ class TextRedactor:
                     new = self.act_query(url_decoded(value))
                     parts[pi] = "" if new is None else f"{key}={quote(new, safe='[]:*')}"
                     group_changed = True
-                elif depth < NESTED_DEPTH and ("%" in value or "://" in value):
+                elif "=" in value or "%" in value or "://" in value or value.startswith("//"):
                     nested = self._nested(value, depth + 1)
                     if nested is not value:
-                        parts[pi] = f"{key}={nested}"
+                        parts[pi] = "" if nested is None else f"{key}={nested}"
                         group_changed = True
             if group_changed:
                 groups[gi] = ";".join(p for p in parts if p)
@@ -284,17 +292,24 @@ class TextRedactor:
             return text
         return "&".join(g for g in groups if g)
 
-    def _nested(self, value: str, depth: int) -> str:
-        """A parameter value holding a URL, a path or a query string, encoded or not."""
-        decoded = url_decoded(value)
+    def _nested(self, value: str, depth: int) -> str | None:
+        """A parameter value holding a URL, a path or a query string, plain or encoded (up to
+        three times, as keys are). Past NESTED_DEPTH, a value that may hold a secret is acted on
+        whole (None: dropped), so nesting deeper cannot hide one."""
+        decoded = fully_decoded(value)
         if not ("=" in decoded or "/" in decoded):
             return value
+        if depth > NESTED_DEPTH:
+            if not self._needs_any(value.encode("utf-8", "surrogatepass")):
+                return value
+            new = self.act_query(decoded)
+            return None if new is None else quote(new, safe="[]:*")
         cleaned = self.text(decoded, depth)
         if self._needs_scan(cleaned.encode("utf-8", "surrogatepass")):
             cleaned = self.scan(cleaned)
         if cleaned == decoded:
             return value
-        return quote(cleaned, safe="/:@[]*")
+        return cleaned if decoded is value else quote(cleaned, safe="/:@[]*")
 
     def domain(self, domain: str) -> str:
         """A Host value never carries userinfo into the record."""
@@ -380,6 +395,12 @@ class TextRedactor:
             return str(match.group(0))
         new = self.act_query(url_decoded(value))
         return f"{key}={'' if new is None else new}"
+
+
+def _authority(text: str, start: int) -> int:
+    """Where the authority of the next ``scheme://`` URL in `text` from `start` begins, or -1."""
+    found = text.find("://", start)
+    return found + 3 if found >= 0 else -1
 
 
 def _named(detector: Detector) -> str:

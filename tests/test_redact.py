@@ -55,10 +55,21 @@ def headers(*pairs: tuple[str, str]) -> tuple[tuple[str, str], ...]:
         ("next=%2Fhome%3Ftoken%3Dabc", "next=/home%3Ftoken%3D[REDACTED]"),
         ("next=https://u:p@x.example/", "next=https://[REDACTED]@x.example/"),
         ("code=oauth-code&state=xyz", "code=[REDACTED]&state=xyz"),
+        ("return_to=/account?token=t&page=2", "return_to=/account?token=[REDACTED]&page=2"),
+        ("return_to=/account?sig=s", "return_to=/account?sig=[REDACTED]"),
+        ("next=%252Fa%253Ftoken%253Dt", "next=/a%3Ftoken%3D[REDACTED]"),
+        ("next=%25252Fa%25253Fsig%25253Dt", "next=/a%3Fsig%3D[REDACTED]"),
+        ("a=1#access_token=t", "a=1#access_token=[REDACTED]"),
+        ("a=1#sig=t&b=2", "a=1#sig=[REDACTED]&b=2"),
+        ("a=/x?b=/y?c=/z?token=t&d=1", "a=/x?b=/y?c=[REDACTED]&d=1"),
+        ("a=/x?b=/y?c=/z?page=2", "a=/x?b=/y?c=/z?page=2"),
+        ("next=//u:p@x.example/", "next=//[REDACTED]@x.example/"),
     ],
 )
 def test_query_parameters_are_redacted_by_key(query: str, expected: str) -> None:
-    """Secret query keys are found in any case, percent-encoded, nested, repeated or behind ';'."""
+    """Secret query keys are found in any case, percent-encoded, nested (plain or encoded up
+    to three times), repeated, behind ';' or '#'; nesting too deep to take apart costs the
+    whole suspect value."""
     assert DEFAULT(make_record(query=query)).query == expected
 
 
@@ -93,6 +104,13 @@ def test_query_parameters_are_redacted_by_key(query: str, expected: str) -> None
             "https://app.example/password_resets/abc123/edit",
             "https://app.example/password_resets/[REDACTED]/edit",
         ),
+        (
+            "referer",
+            "https://app.example/login?return_to=/account?token=t",
+            "https://app.example/login?return_to=/account?token=[REDACTED]",
+        ),
+        ("location", "//u:pw@app.example/next", "//[REDACTED]@app.example/next"),
+        ("location", "//app.example/a@b", "//app.example/a@b"),
         ("content-type", "multipart/form-data; boundary=x", "multipart/form-data; boundary=x"),
         ("accept", "text/html,*/*;q=0.8", "text/html,*/*;q=0.8"),
     ],
