@@ -1,7 +1,7 @@
 """Value detectors: re2 patterns for secrets that are recognisable wherever they appear.
 
 Each pattern tolerates the percent-encoded forms a URL gives its separators (``%20``, ``+``,
-``%40``), so a card number or key in a query string is found without decoding it first.
+``%2D``, ``%2E``, ``%40``), so a card number or key in a query string is found without decoding it first.
 A detector's ``secret`` group (or its whole match) is what gets redacted; `refine` narrows
 it or rejects a look-alike (a digit run that fails the Luhn check is not a card number).
 """
@@ -24,9 +24,21 @@ class Detector:
     normalize: Callable[[str], str] | None = None
 
 
+# Percent-encoded separators a card number may carry: blanked before digits are read.
+_ENCODED_SEPARATORS = ("%20", "%2D", "%2d")
+
+
+def _blank_separators(text: str) -> str:
+    """`text` with each encoded separator replaced by three spaces (so spans still index it)."""
+    if "%" in text:
+        for separator in _ENCODED_SEPARATORS:
+            text = text.replace(separator, "   ")
+    return text
+
+
 def digits(text: str) -> str:
-    """The decimal digits of `text`, in order (a ``%20`` separator is not digits)."""
-    return "".join(c for c in text.replace("%20", " ") if "0" <= c <= "9")
+    """The decimal digits of `text`, in order (``%20`` and ``%2D`` separators are not digits)."""
+    return "".join(c for c in _blank_separators(text) if "0" <= c <= "9")
 
 
 def luhn_ok(number: str) -> bool:
@@ -46,7 +58,7 @@ def card_span(text: str) -> tuple[int, int] | None:
     """The longest run of whole digit groups in `text` that is a card number (13 to 19 digits
     passing Luhn), or None. Groups are split at separators, so ``4111 1111 1111 1111 12``
     yields the card and leaves the ``12``."""
-    text = text.replace("%20", "   ")  # same length: spans still index the original
+    text = _blank_separators(text)
     groups: list[tuple[int, int]] = []
     start = None
     for index, char in enumerate(text):
@@ -71,7 +83,7 @@ def card_span(text: str) -> tuple[int, int] | None:
 
 
 _SPACE = r"(?:\s|%20|\+)"
-_B64 = r"(?:[A-Za-z0-9_\-+/=.]|%2[BbFf]|%3[Dd])"
+_B64 = r"(?:[A-Za-z0-9_\-+/=.]|%2[BbEeFf]|%3[Dd])"
 
 DETECTORS: dict[str, Detector] = {
     # JWS/JWE compact tokens and other base64 JSON tokens (Rails signed messages start the
@@ -85,7 +97,7 @@ DETECTORS: dict[str, Detector] = {
     "credit_card": Detector(
         "credit_card",
         r"(?:\b|%[0-9A-Fa-f]{2})"
-        r"(?P<secret>(?:4|5[1-5]|2[2-7]|3[0-9]|6[0-9])(?:(?:[ \-]|%20|\+)?[0-9]){11,18})\b",
+        r"(?P<secret>(?:4|5[1-5]|2[2-7]|3[0-9]|6[0-9])(?:(?:[ \-]|%20|%2[Dd]|\+)?[0-9]){11,18})\b",
         refine=card_span,
         normalize=digits,
     ),
