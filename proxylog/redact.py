@@ -48,6 +48,8 @@ IPV4_PREFIX = 24
 IPV6_PREFIX = 48
 MAX_BODY_DEPTH = 64
 CLEAN_CACHE_SIZE = 512
+MIN_SECRET_DIGITS = 13  # the shortest card number; a shorter JSON number is not scanned
+MAX_EXACT_FLOAT = 2.0**53  # below it, an integral float holds exactly the digits it was sent with
 FAILED_TAG = "redaction_failed"
 _UUID_CHARS = frozenset("0123456789abcdefABCDEF-")
 
@@ -142,6 +144,8 @@ class Redactor:
         path = record.path
         if "=" in path:  # path parameters: /account;jsessionid=…
             path = text.pairs(path)
+        if "@" in path:  # a URL in the path: /redirect/https://user:pass@host/
+            path = text.userinfo(path)
         request_id = record.request_id
 
         blob = self._blob(path, query, user_agent, request_id, request_headers, response_headers, body)
@@ -275,11 +279,13 @@ class Redactor:
         return _DROPPED if new is None else new
 
     def _scan_body(self, value: Any, depth: int) -> Any:
-        """Detector pass over a captured body's strings (keys included)."""
+        """Detector pass over a captured body's strings (keys included) and numbers."""
         if depth > MAX_BODY_DEPTH:
             return MASK
         if isinstance(value, str):
             return self.text.scan(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return self._scan_number(value)
         if isinstance(value, dict):
             return {
                 (self.text.scan(k) if isinstance(k, str) else k): self._scan_body(v, depth + 1)
@@ -288,6 +294,16 @@ class Redactor:
         if isinstance(value, list):
             return [self._scan_body(item, depth + 1) for item in value]
         return value
+
+    def _scan_number(self, value: float) -> Any:
+        """A JSON number as a detector sees it (``4111111111111111`` or ``…1111.0`` is a card
+        number): the number itself, or the redacted text in its place."""
+        integral = isinstance(value, int) or (value.is_integer() and abs(value) < MAX_EXACT_FLOAT)
+        text = str(int(value)) if integral else repr(value)
+        if len(text) < MIN_SECRET_DIGITS:
+            return value
+        scanned = self.text.scan(text)
+        return value if scanned == text else scanned
 
     def anonymize_ip(self, ip: str) -> str:
         """An IPv4 address to its /24, an IPv6 address to its /48 (IPv4-mapped as IPv4);

@@ -145,10 +145,14 @@ def test_extra_credential_headers_from_the_config() -> None:
         ("/invitations/ABCDEFGHIJKLMNOPQRST", "/invitations/[REDACTED]"),
         ("/products/12", "/products/12"),
         ("/account;jsessionid=1A2B3C", "/account;jsessionid=[REDACTED]"),
+        ("/redirect/https://u:pw@evil.example/x", "/redirect/https://[REDACTED]@evil.example/x"),
+        ("//u:pw@evil.example/x", "//[REDACTED]@evil.example/x"),
+        ("/users/@ann/posts", "/users/@ann/posts"),
     ],
 )
 def test_path_segments_are_redacted_by_the_default_patterns(path: str, expected: str) -> None:
-    """Rails one-time-token routes and path parameters lose their secret; other paths are untouched."""
+    """Rails one-time-token routes, path parameters and the userinfo of a URL in the path lose
+    their secret; other paths are untouched."""
     assert DEFAULT(make_record(path=path)).path == expected
 
 
@@ -202,6 +206,24 @@ def test_detectors_fire_anywhere_in_captured_text(text: str, expected: str) -> N
     record = DEFAULT(make_record(user_agent=text, request_headers=headers(("x-note", text))))
     assert record.user_agent == expected
     assert record.request_headers == (("x-note", expected),)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"cc": 4111111111111111}, {"cc": "[REDACTED]"}),
+        ({"cc": 4111111111111111.0}, {"cc": "[REDACTED]"}),
+        ([{"n": [4111111111111111]}], [{"n": ["[REDACTED]"]}]),
+        (
+            {"id": 4111111111111112, "ts": 1700000000000, "n": 12, "x": 1.5, "ok": True},
+            {"id": 4111111111111112, "ts": 1700000000000, "n": 12, "x": 1.5, "ok": True},
+        ),
+    ],
+)
+def test_detectors_see_json_numbers_in_bodies(body: object, expected: object) -> None:
+    """A card number sent as a JSON number (integer or integral float) is redacted like one
+    sent as a string; other numbers keep their value and type."""
+    assert DEFAULT(make_record(request_body=body)).request_body == expected
 
 
 def test_the_email_detector_is_opt_in() -> None:
