@@ -5,7 +5,7 @@ and as webhook calls (generic JSON or Slack-compatible).
 webhook's cooldown, writes the alert event to the sinks, and queues it. Each webhook has a
 daemon thread that groups what arrives within `group` seconds into one POST and retries with
 backoff. Alerts carry only what the engine knows (kind, rule id, key, counts, the error
-text of a failed reload or sink), never request data.
+text of a failed reload or sink, redacted like any log line), never request data.
 """
 
 from __future__ import annotations
@@ -42,18 +42,26 @@ class AlertDispatcher:
         emit_document: Callable[[dict[str, Any]], None],
         *,
         clock: Callable[[], float] = time.time,
+        clean: Callable[[str], str] = str,
     ) -> None:
+        """`clean` redacts free text (an error message quoting a collector's reply) before an
+        alert carries it anywhere."""
         self.specs = specs
         self.sent = self.failed = self.suppressed = 0
         self._emit = emit_document
         self._clock = clock
+        self._clean = clean
         self._hooks = [_Webhook(spec, self, f"alerts[{index}]", clock) for index, spec in enumerate(specs)]
 
     def notify(self, kind: str, rule: str, key: str, **context: Any) -> None:
         """Raise an alert unless every webhook saw the same (kind, rule, key) within its cooldown."""
         now = self._clock()
         alert = {"kind": kind, "rule": rule, "key": key, "ts": now}
-        alert.update((name, value) for name, value in context.items() if value is not None)
+        alert.update(
+            (name, self._clean(value) if isinstance(value, str) else value)
+            for name, value in context.items()
+            if value is not None
+        )
         accepted = [hook for hook in self._hooks if hook.accept(alert)]
         if not accepted:
             self.suppressed += 1
@@ -119,6 +127,12 @@ class _Webhook:
             batch = [self._queue.popleft() for _ in range(len(self._queue))]
             if batch:
                 self._deliver(batch)
+        if self._queue:  # closed (shutdown, or a reload replaced this webhook) with alerts queued
+            self.owner.failed += len(self._queue)
+            logger.error(
+                "alert webhook %s: %d alerts not delivered: closed", self.url.hostname, len(self._queue)
+            )
+            self._queue.clear()
 
     def _deliver(self, batch: list[dict[str, Any]]) -> None:
         body = orjson.dumps(self._payload(batch))

@@ -13,6 +13,7 @@ import hmac
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -80,6 +81,7 @@ async def _mode(server: ControlServer, request: Request, args: dict[str, Any]) -
         old = server.runtime.set_mode(str(mode), _who(request))
     except ValueError as e:
         raise CommandError(str(e)) from e
+    await server.runtime.saved()
     return {"mode": server.runtime.mode, "previous": old}
 
 
@@ -98,6 +100,7 @@ async def _ban(server: ControlServer, request: Request, args: dict[str, Any]) ->
         raise CommandError(f"cannot ban {key!r}: {e}") from e
     server.runtime.audit("ban", _who(request), None, asdict(ban))
     server.runtime.persist()
+    await server.runtime.saved()
     return {"ban": asdict(ban)}
 
 
@@ -107,6 +110,7 @@ async def _unban(server: ControlServer, request: Request, args: dict[str, Any]) 
     if lifted:
         server.runtime.audit("unban", _who(request), key, None)
         server.runtime.persist()
+        await server.runtime.saved()
     return {"key": key, "lifted": lifted}
 
 
@@ -122,6 +126,7 @@ async def _allow(server: ControlServer, request: Request, args: dict[str, Any]) 
         raise CommandError(f"cannot allowlist {cidr!r}: {e}") from e
     server.runtime.audit("allow", _who(request), None, cidr)
     server.runtime.persist()
+    await server.runtime.saved()
     return {"allow": server.runtime.engine.allowlist()}
 
 
@@ -131,6 +136,7 @@ async def _disallow(server: ControlServer, request: Request, args: dict[str, Any
     if removed:
         server.runtime.audit("disallow", _who(request), cidr, None)
         server.runtime.persist()
+        await server.runtime.saved()
     return {"cidr": cidr, "removed": removed, "allow": server.runtime.engine.allowlist()}
 
 
@@ -196,6 +202,14 @@ def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[str, int | None, in
     return (f"{peer[0]}:{peer[1]}" if peer else "unknown"), None, None
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class ControlServer:
     """Serves COMMANDS on the Unix socket (and TCP when configured)."""
 
@@ -206,15 +220,18 @@ class ControlServer:
         self.token = read_secret(spec.token_file, spec.token_env, "control") if spec.tcp else None
         self.path = runtime.config.control_socket
         self._servers: list[asyncio.Server] = []
+        self._bound: tuple[int, int] | None = None  # (device, inode) of the socket we bound
 
     async def start(self) -> None:
         """Bind the socket 0600 (the directory is created 0700 if missing); raises OSError."""
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            if os.path.exists(self.path) and _socket_alive(self.path):
+            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                raise OSError(f"{self.path} exists and is not a socket: remove it or set control.socket")
+            if _socket_alive(self.path):
                 raise OSError(f"another proxylog already serves {self.path}")
-            os.unlink(self.path)
+            os.unlink(self.path)  # a stale socket left by a process that died
         serve = connection_handler(self.handle, _peer_credentials)
         old_umask = os.umask(0o177)  # the socket is created 0600, with no window where it is wider
         try:
@@ -222,6 +239,7 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
+        self._bound = _identity(self.path)
         if (tcp := self.runtime.config.control.tcp) is not None:
             self._servers.append(await asyncio.start_server(serve, tcp[0], tcp[1]))
 
@@ -229,8 +247,11 @@ class ControlServer:
         for server in self._servers:
             server.close()
         self._servers = []
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        # Only the socket this server bound: never one a newer instance put at the same path.
+        if self._bound is not None and _identity(self.path) == self._bound:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        self._bound = None
 
     async def handle(self, request: Request) -> Response:
         if request.peer_uid is not None:

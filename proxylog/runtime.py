@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,7 +30,7 @@ from proxylog.statefile import StateFile
 logger = logging.getLogger("proxylog")
 
 # Keys a reload cannot apply to a running process: they need new listening sockets.
-RESTART_KEYS = ("upstream", "listen", "modes", "state_dir")
+RESTART_KEYS = ("upstream", "listen", "modes", "state_dir", "control", "metrics")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,8 @@ class Runtime:
         else:
             self.workers = [SinkWorker(s, SinkSpec(type="custom", name=s.name)) for s in sinks]
         self._saved_bans: list[Any] | None = None
+        self._state_writer: ThreadPoolExecutor | None = None
+        self._last_save: Future[None] | None = None
         self._sink_health: dict[str, bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -98,7 +101,12 @@ class Runtime:
         alerts = self.alerts
         if alerts is None or alerts.specs != config.alerts:
             alerts = (
-                AlertDispatcher(config.alerts, self.emit_document, clock=self.clock)
+                AlertDispatcher(
+                    config.alerts,
+                    self.emit_document,
+                    clock=self.clock,
+                    clean=lambda text: self.redactor.clean_text(text),
+                )
                 if config.alerts
                 else None
             )
@@ -157,21 +165,36 @@ class Runtime:
                 logger.error("ignoring persisted allowlist entry %r: %s", cidr, e)
 
     def persist(self) -> None:
-        """Write mode, bans and runtime allowlist entries to the state file (small, atomic)."""
+        """Save mode, bans and runtime allowlist entries to the state file: the snapshot is
+        taken now, the write (small, atomic, fsynced) happens in order on the state thread,
+        so a slow disk never holds up requests. `saved()` waits for it."""
         if self.state is None:
             return
         bans = self.engine.bans()
         configured = {str(net) for net in self.config.rules.allow}
         allow = [cidr for cidr in self.engine.allowlist() if cidr not in configured]
-        try:
-            self.state.save(self.mode, bans, allow)
-            self._saved_bans = bans
-        except OSError as e:
-            logger.error("cannot persist state to %s: %s", self.state.path, e)
+        self._saved_bans = bans
+        if self._state_writer is None:
+            self._state_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxylog-state")
+        self._last_save = self._state_writer.submit(_write_state, self.state, self.mode, bans, allow)
+
+    async def saved(self) -> None:
+        """Wait until every state write requested so far is on disk."""
+        if self._last_save is not None:
+            await asyncio.wrap_future(self._last_save)
 
     async def reload(self, who: str) -> ReloadResult:
         """Re-read the config file, validate it whole and swap it in; a bad file keeps the old
         config running. Audited either way; never raises."""
+        try:
+            return await self._reload(who)
+        except Exception as e:  # a bug: the old config keeps serving, and the caller hears why
+            self.internal_errors += 1
+            logger.exception("reload failed unexpectedly")
+            error = ConfigError("", f"reload failed: {type(e).__name__}: {e}")
+            return self._reload_failed(who, self.config.source or "", error)
+
+    async def _reload(self, who: str) -> ReloadResult:
         source = self.config.source
         if source is None:
             return ReloadResult(False, "no config file to reload (started without --config)")
@@ -189,16 +212,31 @@ class Runtime:
             if getattr(new, key) != getattr(self.config, key)
         )
         new = replace(new, **{key: getattr(self.config, key) for key in RESTART_KEYS})
+        # Everything that can fail (secrets, intel files, sink set-up) happens before the swap.
+        try:
+            started = self._new_sink_workers(new)
+        except ConfigError as e:
+            return self._reload_failed(who, source, e)
         try:
             self._compile(new, previous=self.engine)  # all or nothing: attributes swap at the end
         except ConfigError as e:
+            for worker in started.values():
+                worker.discard()
             return self._reload_failed(who, source, e)
-        await self._reconcile_sinks(new)
+        stranded = await self._swap_sinks(new, started)
+        warnings += tuple(
+            f"sink {name} was removed with {count} records left in its spool {path}: "
+            "they are delivered when a sink of that name returns"
+            for name, count, path in stranded
+        )
         self.config = new
         for apply in self.hooks.apply:
             apply(new)
         self.metrics.reloads["ok"] += 1
-        self.audit("reload", who, source, source, ok=True, warnings=list(warnings))
+        extra: dict[str, Any] = {"warnings": list(warnings)}
+        if stranded:
+            extra["stranded"] = [{"sink": n, "records": c, "spool": p} for n, c, p in stranded]
+        self.audit("reload", who, source, source, ok=True, **extra)
         for warning in warnings:
             logger.warning("reload: %s", warning)
         return ReloadResult(True, warnings=warnings, source=source)
@@ -211,19 +249,44 @@ class Runtime:
         logger.error("reload of %s failed, keeping the running config: %s", source, error)
         return ReloadResult(False, str(error), source=source)
 
-    async def _reconcile_sinks(self, new: Config) -> None:
-        """Keep workers whose spec is unchanged (their queues survive), start new ones, flush
-        and close removed ones."""
+    def _new_sink_workers(self, new: Config) -> dict[SinkSpec, SinkWorker]:
+        """Workers, not yet started, for the sink specs of `new` that are not running now.
+        Raises ConfigError (an unreadable token file, …) having built nothing."""
+        running = {worker.spec for worker in self.workers}
+        built: dict[SinkSpec, SinkWorker] = {}
+        try:
+            for spec in new.sinks:
+                if spec not in running and spec not in built:
+                    built[spec] = SinkWorker(build_sink(spec), spec, state_dir=new.state_dir)
+        except ConfigError:
+            for worker in built.values():
+                worker.discard()
+            raise
+        return built
+
+    async def _swap_sinks(
+        self, new: Config, built: dict[SinkSpec, SinkWorker]
+    ) -> list[tuple[str, int, str | None]]:
+        """Keep workers whose spec is unchanged (their queues survive); route records to the
+        new set at once, but start the new workers only once the replaced ones have flushed
+        and closed, so two workers never write one file or stream at the same time. Returns
+        (name, records, spool) for removed sinks that left records in their spool."""
         current = {worker.spec: worker for worker in self.workers}
-        workers = []
-        for spec in new.sinks:
-            worker = current.pop(spec, None)
-            if worker is None:
-                worker = SinkWorker(build_sink(spec), spec, state_dir=new.state_dir)
-                worker.start()
-            workers.append(worker)
-        self.workers = workers
-        await asyncio.gather(*(old.close(self.config.timeouts.drain) for old in current.values()))
+        self.workers = [current.pop(spec) if spec in current else built[spec] for spec in new.sinks]
+        replaced = list(current.values())
+        await asyncio.gather(*(old.close(self.config.timeouts.drain) for old in replaced))
+        for worker in built.values():
+            worker.start()
+        names = {worker.name for worker in self.workers}
+        stranded = []
+        for old in replaced:
+            if old.name not in names and old.backlog:
+                path = old.snapshot()["spool_path"]
+                logger.error(
+                    "sink %s was removed with %d records left in its spool %s", old.name, old.backlog, path
+                )
+                stranded.append((old.name, old.backlog, path))
+        return stranded
 
     def reopen(self) -> None:
         """Ask every sink to reopen its files (SIGHUP, after an external logrotate)."""
@@ -288,7 +351,18 @@ class Runtime:
             task.cancel()
         self._tasks = []
         self.persist()
+        await self.saved()
+        if self._state_writer is not None:
+            self._state_writer.shutdown(wait=False)
+            self._state_writer = None
         if self.alerts is not None:
             self.alerts.close()
         lost = await asyncio.gather(*(w.close(timeout) for w in self.workers))
         return sum(lost)
+
+
+def _write_state(state: StateFile, mode: str, bans: list[Any], allow: list[str]) -> None:
+    try:
+        state.save(mode, bans, allow)
+    except OSError as e:
+        logger.error("cannot persist state to %s: %s", state.path, e)

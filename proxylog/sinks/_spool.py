@@ -44,6 +44,7 @@ class Spool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.path: str | None = None
+        self.last_path: str | None = None  # the directory last held (it outlives `close`)
         self.depth = 0  # lines on disk, read-but-uncommitted included
         self.lost = 0  # lines in segments that became unreadable (the worker counts them)
         self.bytes = 0
@@ -69,7 +70,7 @@ class Spool:
         for index in range(MAX_SIBLINGS):
             path = self.base if index == 0 else f"{self.base}.{index}"
             if self._try_lock(path):
-                self.path = path
+                self.path = self.last_path = path
                 self._load()
                 return True
         return False
@@ -106,7 +107,7 @@ class Spool:
                 if lock_fd is not None:
                     os.close(lock_fd)
                 self._close_files()
-                self.path = path
+                self.path = self.last_path = path
                 self._load()
                 logger.warning("spool %s: adopted %d records left by an earlier process", path, self.depth)
                 return True

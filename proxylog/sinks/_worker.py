@@ -116,7 +116,7 @@ class SinkWorker:
             "queue_depth": self.depth,
             "queue_capacity": self.spec.queue,
             "overflow": self.spec.overflow,
-            "spool_path": self._overflow.spool.path if self._overflow else None,
+            "spool_path": self._overflow.spool.last_path if self._overflow else None,
         }
 
     def submit(self, line: bytes) -> None:
