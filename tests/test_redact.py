@@ -64,6 +64,8 @@ def headers(*pairs: tuple[str, str]) -> tuple[tuple[str, str], ...]:
         ("a=/x?b=/y?c=/z?token=t&d=1", "a=/x?b=/y?c=[REDACTED]&d=1"),
         ("a=/x?b=/y?c=/z?page=2", "a=/x?b=/y?c=/z?page=2"),
         ("next=//u:p@x.example/", "next=//[REDACTED]@x.example/"),
+        ("api-key=k&X-Api-Key=k&apikey=k", "api-key=[REDACTED]&X-Api-Key=[REDACTED]&apikey=[REDACTED]"),
+        ("passphrase=p&wallet_passphrase=p", "passphrase=[REDACTED]&wallet_passphrase=[REDACTED]"),
     ],
 )
 def test_query_parameters_are_redacted_by_key(query: str, expected: str) -> None:
@@ -143,6 +145,9 @@ def test_extra_credential_headers_from_the_config() -> None:
         ("/passwords/new", "/passwords/new"),
         ("/passwords/c2VjcmV0LXJlc2V0LXRva2Vu/edit", "/passwords/[REDACTED]/edit"),
         ("/invitations/ABCDEFGHIJKLMNOPQRST", "/invitations/[REDACTED]"),
+        ("/password%5Fresets/Zx81kq/edit", "/password%5Fresets/[REDACTED]/edit"),
+        ("/Password_Resets/Zx81kq/edit", "/Password_Resets/[REDACTED]/edit"),
+        ("/Magic%5flinks/ABCDEFGHIJKLMNOPQRST", "/Magic%5flinks/[REDACTED]"),
         ("/products/12", "/products/12"),
         ("/account;jsessionid=1A2B3C", "/account;jsessionid=[REDACTED]"),
         ("/redirect/https://u:pw@evil.example/x", "/redirect/https://[REDACTED]@evil.example/x"),

@@ -90,16 +90,21 @@ OTEL_SIGNED_URL_KEYS = (
     "sig",
     "x-goog-signature",
 )
-EXTRA_EXACT_KEYS = ("key", "apikey", "code", "sid", "sessionid", "session_id", "jsessionid", "auth")
-DEFAULT_KEYS = RAILS_FILTER_PARAMETERS
+EXTRA_EXACT_KEYS = ("key", "code", "sid", "sessionid", "session_id", "jsessionid", "auth")
+# Substrings beyond Rails': the API-key spellings credential headers are matched by, too.
+EXTRA_KEYS = ("api-key", "apikey", "passphrase")
+DEFAULT_KEYS = RAILS_FILTER_PARAMETERS + EXTRA_KEYS
 DEFAULT_EXACT_KEYS = OTEL_SIGNED_URL_KEYS + EXTRA_EXACT_KEYS
 
 # Rails password-reset and similar one-time-token routes; every capture group is redacted.
 # Tokens are at least 16 characters so that /passwords/new and numeric ids stay readable.
+# Any case, and "_" also as %5F: a router that folds either still reaches the route.
+_U = "(?:_|%5F)"
 DEFAULT_PATHS = (
-    r"/password_resets/([^/?#]+)",
-    r"/passwords/([^/?#]{16,})",
-    r"/(?:account_activations|confirmations|invitations|unlocks|magic_links|sign_in_links)/([^/?#]{16,})",
+    rf"(?i:/password{_U}resets/)([^/?#]+)",
+    r"(?i:/passwords/)([^/?#]{16,})",
+    rf"(?i:/(?:account{_U}activations|confirmations|invitations|unlocks|magic{_U}links|sign{_U}in{_U}links)/)"
+    r"([^/?#]{16,})",
 )
 
 HASH_KEY_MIN_BYTES = 16
