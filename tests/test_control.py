@@ -349,3 +349,46 @@ def test_sink_failure_alerts_slack_format(start_proxylog, receiver, tmp_path) ->
     assert wait_until(lambda: receiver.posts, timeout=15)
     text = receiver.posts[0]["body"]["text"]
     assert "sink_failure" in text and "broken" in text
+
+
+def test_a_second_instance_leaves_the_running_one_alone(start_proxylog) -> None:
+    """Started on the same state dir, a second proxylog refuses to start and must not remove
+    the control socket of the one already running."""
+    proxy = start_proxylog()
+    second = subprocess.run(
+        [sys.executable, "-m", "proxylog.cli", "serve", "--config", str(proxy.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=proxy.config_path.parent,
+    )
+    assert second.returncode == 1
+    assert "another proxylog already serves" in second.stderr
+    assert stat.S_ISSOCK(os.lstat(proxy.control_socket).st_mode)
+    assert ctl(proxy, "status").returncode == 0
+
+
+def test_a_file_in_the_control_sockets_place_is_refused_not_deleted(tmp_path, puma) -> None:
+    """A regular file at `control.socket` stops start-up with a message naming it; the file stays."""
+    squatter = tmp_path / "control.sock"
+    squatter.write_text("not a socket")
+    config = tmp_path / "proxylog.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "upstream": puma.url,
+                "listen": "127.0.0.1:0",
+                "state_dir": str(tmp_path / "state"),
+                "control": {"socket": str(squatter)},
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "proxylog.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"{squatter} exists and is not a socket" in result.stderr
+    assert squatter.read_text() == "not a socket"
