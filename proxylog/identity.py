@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 from cachetools import LRUCache
 
-from proxylog.config._reader import IPNetwork
+from proxylog.config._reader import IPNetwork, unmap_network
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -46,10 +46,11 @@ class TrustedProxies:
     Only when the TCP peer is trusted is X-Forwarded-For read, right to left: trusted hops
     are skipped and the first untrusted hop is the client. A hop that is not an IP address
     stops the walk and the last trusted hop is blamed, so garbage can never name a client.
+    IPv4-mapped networks (``::ffff:10.0.0.0/104``) are taken as the IPv4 networks they map.
     """
 
     def __init__(self, networks: Iterable[IPNetwork]) -> None:
-        self.networks = tuple(networks)
+        self.networks = tuple(unmap_network(net) for net in networks)
         self._cache: LRUCache[str, bool] = LRUCache(maxsize=4096)
         self._peers: LRUCache[str, str] = LRUCache(maxsize=4096)
 

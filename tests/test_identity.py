@@ -45,6 +45,13 @@ def test_chain_runs_from_the_client_to_the_peer() -> None:
     assert identity.chain == ("198.51.100.1", "10.9.9.9", "10.0.0.5")
 
 
+def test_ipv4_mapped_trusted_networks_match_ipv4_peers() -> None:
+    """A trusted network written IPv4-mapped (``::ffff:10.0.0.0/104``) trusts the IPv4 peers in it."""
+    trusted = TrustedProxies([ipaddress.ip_network("::ffff:10.0.0.0/104")])
+    assert trusted.resolve("::ffff:10.0.0.5", ["198.51.100.7"]).ip == "198.51.100.7"
+    assert trusted.resolve("10.0.0.5", ["198.51.100.7"]).ip == "198.51.100.7"
+
+
 def test_normalize_ip() -> None:
     """IPv4-mapped IPv6 is unwrapped; invalid text is returned unchanged."""
     assert normalize_ip("::ffff:192.0.2.1") == "192.0.2.1"

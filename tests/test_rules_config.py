@@ -106,6 +106,19 @@ def test_bad_allow_entry_names_its_index() -> None:
     assert info.value.path == "allow[1]"
 
 
+def test_ipv4_mapped_networks_are_read_as_ipv4() -> None:
+    """``allow:`` and ``trusted_proxies:`` entries inside ``::ffff:0:0/96`` become IPv4 networks,
+    since client addresses are unwrapped to IPv4 before they are compared."""
+    config = parse_config(
+        {
+            "allow": ["::ffff:192.0.2.0/120", "2001:db8::/32"],
+            "trusted_proxies": ["::ffff:10.0.0.0/104", "::ffff:10.1.2.3"],
+        }
+    )
+    assert [str(net) for net in config.rules.allow] == ["192.0.2.0/24", "2001:db8::/32"]
+    assert [str(net) for net in config.trusted_proxies] == ["10.0.0.0/8", "10.1.2.3/32"]
+
+
 def test_rule_defaults_and_phases() -> None:
     """A bare rule tags every request at threshold 1 per client; status makes a response rule."""
     spec = _parse([_rule(), _rule(id="s", when={"status": ["4xx", 503]}, action="block", ban="1m")])

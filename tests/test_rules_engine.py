@@ -272,3 +272,12 @@ def test_approx_window_stays_between_the_windows_it_spans(gaps: list[float], win
         seen.append(now)
         estimate = counter.add("k", now)
         assert 1 <= estimate <= sum(1 for t in seen if t > now - 2 * window)
+
+
+def test_ipv4_mapped_allow_entries_cover_ipv4_clients() -> None:
+    """``allow: ["::ffff:192.0.2.0/120"]`` allowlists 192.0.2.0/24, as clients are unwrapped to IPv4."""
+    spec = _spec([{"id": "all", "action": "block"}], allow=["::ffff:192.0.2.0/120"])
+    engine = RuleEngine(spec, FakeClock())
+    assert not engine.check(_facts("192.0.2.5")).block
+    assert not engine.check(_facts("::ffff:192.0.2.5")).block
+    assert engine.check(_facts("192.0.3.5")).block

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from proxylog.errors import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -41,6 +42,15 @@ def parse_size(text: str | int) -> int:
     if not match:
         raise ValueError(text)
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def unmap_network(net: IPNetwork) -> IPNetwork:
+    """An IPv4-mapped IPv6 network (inside ``::ffff:0:0/96``) as the IPv4 network it maps,
+    since client addresses are unwrapped to IPv4; any other network unchanged."""
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_IPV4_MAPPED):
+        mapped = int(net.network_address) & 0xFFFFFFFF
+        return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -166,9 +176,9 @@ class Node:
         self.fail(f"expected one of {', '.join(choices)}, got {value!r}")
 
     def network(self) -> IPNetwork:
-        """A CIDR or a single address (as /32 or /128)."""
+        """A CIDR or a single address (as /32 or /128); IPv4-mapped IPv6 becomes IPv4."""
         try:
-            return ipaddress.ip_network(self.string().strip(), strict=False)
+            return unmap_network(ipaddress.ip_network(self.string().strip(), strict=False))
         except ValueError:
             self.fail(f"expected an IP address or CIDR like 10.0.0.0/8, got {self.value!r}")
 

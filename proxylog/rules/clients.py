@@ -7,6 +7,7 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
+from proxylog.config._reader import unmap_network
 from proxylog.config.rule_specs import KeySpec
 from proxylog.identity import parse_ip
 
@@ -81,10 +82,7 @@ def normalize_key(text: str) -> str:
         if addr is None:
             raise ValueError(f"not an IP address or CIDR: {text!r}")
         return str(addr)
-    net = ipaddress.ip_network(text, strict=False)
-    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None:
-        mapped = net.network_address.ipv4_mapped
-        net = ipaddress.IPv4Network((int(mapped), max(0, net.prefixlen - 96)), strict=False)
+    net = unmap_network(ipaddress.ip_network(text, strict=False))
     return network_key(net.version, int(net.network_address), net.prefixlen)
 
 

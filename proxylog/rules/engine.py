@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 from cachetools import LRUCache
 
+from proxylog.config._reader import unmap_network
 from proxylog.config.rule_specs import RulesSpec
 from proxylog.errors import ConfigError
 from proxylog.record import RuleHit, format_timestamp
@@ -104,7 +105,7 @@ class RuleEngine:
 
     def _build_allow(self) -> CidrSet:
         runtime = [ipaddress.ip_network(cidr) for cidr in self._runtime_allow]
-        return CidrSet([*self.spec.allow, *runtime])
+        return CidrSet(unmap_network(net) for net in [*self.spec.allow, *runtime])
 
     @property
     def enabled(self) -> bool:
