@@ -26,6 +26,30 @@ def parse_ip(text: str) -> IPAddress | None:
     return addr
 
 
+def parse_hop(text: str) -> IPAddress | None:
+    """The address of one X-Forwarded-For hop, as `parse_ip`, also from the forms load
+    balancers write: ``ip:port``, ``[v6]`` and ``[v6]:port``, any of them double-quoted as in
+    RFC 7239 (``"[2001:db8::1]:4711"``). None for anything else (``unknown``, ``_hidden``)."""
+    addr = parse_ip(text)
+    if addr is not None:
+        return addr
+    text = text.strip()
+    if len(text) > 1 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        valid_port = not port or (port[0] == ":" and _is_port(port[1:]))
+        return parse_ip(host) if bracket and ":" in host and valid_port else None
+    host, colon, port = text.rpartition(":")
+    if colon and ":" not in host:  # IPv4:port
+        return parse_ip(host) if _is_port(port) else None
+    return parse_ip(text)
+
+
+def _is_port(text: str) -> bool:
+    return 0 < len(text) <= 5 and text.isascii() and text.isdigit()
+
+
 def normalize_ip(text: str) -> str:
     """The canonical text of an address (``::ffff:1.2.3.4`` → ``1.2.3.4``), or `text` if invalid."""
     addr = parse_ip(text)
@@ -44,9 +68,11 @@ class TrustedProxies:
     """Resolves the real client behind a CIDR list of trusted proxies.
 
     Only when the TCP peer is trusted is X-Forwarded-For read, right to left: trusted hops
-    are skipped and the first untrusted hop is the client. A hop that is not an IP address
-    stops the walk and the last trusted hop is blamed, so garbage can never name a client.
-    IPv4-mapped networks (``::ffff:10.0.0.0/104``) are taken as the IPv4 networks they map.
+    are skipped and the first untrusted hop is the client. A hop may carry a port
+    (`parse_hop`). A hop that is not an address stops the walk and the last trusted hop is
+    blamed, so garbage can never name a client; the rule engine then treats the request as
+    from an unresolved client, never counting or banning the proxy. IPv4-mapped networks
+    (``::ffff:10.0.0.0/104``) are taken as the IPv4 networks they map.
     """
 
     def __init__(self, networks: Iterable[IPNetwork]) -> None:
@@ -79,7 +105,7 @@ class TrustedProxies:
         hops = [hop for value in forwarded_for for hop in value.split(",")]
         chain = [peer]
         for hop in reversed(hops):
-            addr = parse_ip(hop)
+            addr = parse_hop(hop)
             if addr is None:
                 break
             ip = str(addr)

@@ -27,6 +27,15 @@ TRUSTED = TrustedProxies([ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_netwo
         ("::ffff:10.0.0.5", ["198.51.100.1"], "198.51.100.1"),  # IPv4-mapped peer unwrapped
         ("2001:db8::1", ["2001:db8::2, 2600::1"], "2600::1"),
         ("10.0.0.5", [" 198.51.100.1 "], "198.51.100.1"),
+        ("10.0.0.5", ["203.0.113.9:51514"], "203.0.113.9"),  # ip:port (Azure Application Gateway)
+        ("10.0.0.5", ["[2600::1]:443"], "2600::1"),  # [v6]:port
+        ("10.0.0.5", ["[2600::1]"], "2600::1"),
+        ("10.0.0.5", ['"[2600::1]:4711"'], "2600::1"),  # quoted, as in RFC 7239
+        ("10.0.0.5", ['"198.51.100.1:80"'], "198.51.100.1"),
+        ("10.0.0.5", ["6.6.6.6, 10.9.9.9:8080"], "6.6.6.6"),  # a trusted hop with a port is skipped
+        ("10.0.0.5", ["6.6.6.6, 1.2.3.4:123456"], "10.0.0.5"),  # not a port: garbage
+        ("10.0.0.5", ["6.6.6.6, [1.2.3.4]:80"], "10.0.0.5"),  # brackets are for IPv6 only
+        ("10.0.0.5", ["6.6.6.6, [2600::1]x"], "10.0.0.5"),
     ],
 )
 def test_resolve(peer: str, xff: list[str], client: str) -> None:
@@ -43,6 +52,12 @@ def test_chain_runs_from_the_client_to_the_peer() -> None:
     """The chain forwarded to Puma holds only verified hops, client first."""
     identity = TRUSTED.resolve("10.0.0.5", ["6.6.6.6, 198.51.100.1, 10.9.9.9"])
     assert identity.chain == ("198.51.100.1", "10.9.9.9", "10.0.0.5")
+
+
+def test_ports_never_reach_the_chain() -> None:
+    """Hops are forwarded to Puma as bare addresses, whatever form the balancer wrote."""
+    identity = TRUSTED.resolve("10.0.0.5", ["203.0.113.9:51514, [2001:db8::7]:443"])
+    assert identity.chain == ("203.0.113.9", "2001:db8::7", "10.0.0.5")
 
 
 def test_ipv4_mapped_trusted_networks_match_ipv4_peers() -> None:

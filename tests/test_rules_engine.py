@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 from proxylog.config._reader import Node
 from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import parse_rules
+from proxylog.identity import TrustedProxies
 from proxylog.rules import Ban, RequestFacts, RuleEngine, RuleEvent
 from proxylog.rules.compiled import fingerprint
 from proxylog.state import CounterSpec
@@ -30,6 +33,7 @@ def _facts(ip: str = "203.0.113.7", path: str = "/", ua: str | None = "Mozilla/5
     return RequestFacts(0.0, ip, "GET", path, None, ua, frozenset({"user-agent"}), "app.example.com")
 
 
+ROOT = Path(__file__).parent.parent
 ERRORS = {"id": "errors", "when": {"status": ["4xx"]}, "threshold": 3, "action": "block", "ban": "10m"}
 
 
@@ -272,6 +276,50 @@ def test_approx_window_stays_between_the_windows_it_spans(gaps: list[float], win
         seen.append(now)
         estimate = counter.add("k", now)
         assert 1 <= estimate <= sum(1 for t in seen if t > now - 2 * window)
+
+
+DEFAULT_PACK = {"include": "configs/rules/default.yaml"}
+TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
+SQLMAP = "sqlmap/1.7"
+
+
+def _pack_engine(extra: list[dict[str, Any]] | None = None) -> RuleEngine:
+    spec = parse_rules(Node([DEFAULT_PACK, *(extra or [])], "rules"), None, None, base_dir=ROOT)
+    return RuleEngine(spec, FakeClock(), trusted=TRUSTED)
+
+
+def test_a_scanner_behind_a_balancer_writing_ports_is_banned_not_the_balancer() -> None:
+    """An ``ip:port`` X-Forwarded-For hop names the client: the scanner is banned, the balancer never."""
+    engine = _pack_engine()
+    identity = TrustedProxies(TRUSTED).resolve("10.0.0.5", ["203.0.113.9:51514"])
+    assert engine.check(_facts(identity.ip, ua=SQLMAP)).block
+    assert [b.key for b in engine.bans()] == ["203.0.113.9"]
+    assert not engine.check(_facts("198.51.100.7")).block
+
+
+def test_an_unresolved_client_is_tagged_never_counted_blocked_or_banned() -> None:
+    """A client that is a trusted proxy (the walk hit garbage) gets only global rules and a tag."""
+    spike = {"id": "spike", "key": "global", "when": {"status": ["5xx"]}, "threshold": 5}
+    net = {**ERRORS, "id": "net", "key": "client_net", "prefix": {"v4": 24}, "threshold": 2}
+    engine = _pack_engine([spike, net])
+    garbage = TrustedProxies(TRUSTED).resolve("10.0.0.5", ["unknown"])
+    assert garbage.ip == "10.0.0.5"
+    for _ in range(5):
+        verdict = engine.check(_facts(garbage.ip, path="/.env", ua=SQLMAP))
+        assert (verdict.block, verdict.tags) == (False, ("unresolved-client",))
+        observed = engine.observe(_facts(garbage.ip, path="/.env", ua=SQLMAP), 500)
+    assert observed.tags == ("spike",)  # global rules still count it
+    assert engine.bans() == []
+    assert engine.peek("net", "10.0.0.5") == 0  # its /24 is never counted, so never banned
+
+
+def test_bans_covering_a_trusted_proxy_never_block_its_unresolved_requests() -> None:
+    """A ban of a trusted proxy's network (a neighbour's, or a stale one) never blocks the proxy."""
+    engine = _pack_engine()
+    engine.ban("10.0.0.0/24", 60)
+    engine.ban("10.0.0.5", 60)
+    assert not engine.check(_facts("10.0.0.5")).block
+    assert engine.check(_facts("10.0.0.5")).tags == ("unresolved-client",)
 
 
 def test_ipv4_mapped_allow_entries_cover_ipv4_clients() -> None:

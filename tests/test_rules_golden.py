@@ -1,9 +1,9 @@
 """Golden rule cases: each tests/data/rules/<case>/ holds a rules.yaml and an events.yaml.
 
-rules.yaml is the ``rules:``/``intel:``/``allow:`` part of a config (paths relative to the
-case). events.yaml lists timestamped requests (`at` seconds after the start, on a FakeClock)
-with the decisions expected of them; operator actions (ban, unban, allow, disallow,
-refresh) can be interleaved. Adding a rule type adds a directory here, not test code.
+rules.yaml is the ``rules:``/``intel:``/``allow:``/``trusted_proxies:`` part of a config
+(paths relative to the case). events.yaml lists timestamped requests (`at` seconds after the
+start, on a FakeClock) with the decisions expected of them; operator actions (ban, unban,
+allow, disallow, refresh) can be interleaved. Adding a rule type adds a directory here, not test code.
 
 events.yaml::
 
@@ -47,14 +47,16 @@ def _cases() -> list[Path]:
 
 def _load_engine(case: Path, clock: FakeClock, events: list[RuleEvent]) -> RuleEngine:
     data = yaml.safe_load((case / "rules.yaml").read_text()) or {}
-    assert set(data) <= {"rules", "intel", "allow"}, f"{case.name}/rules.yaml: only rules, intel, allow"
+    allowed = {"rules", "intel", "allow", "trusted_proxies"}
+    assert set(data) <= allowed, f"{case.name}/rules.yaml: only {', '.join(sorted(allowed))}"
     spec = parse_rules(
         Node(data["rules"], "rules") if "rules" in data else None,
         Node(data["intel"], "intel") if "intel" in data else None,
         Node(data["allow"], "allow") if "allow" in data else None,
         base_dir=case,
     )
-    return RuleEngine(spec, clock, listener=events.append)
+    trusted = Node(data.get("trusted_proxies", []), "trusted_proxies").networks()
+    return RuleEngine(spec, clock, listener=events.append, trusted=trusted)
 
 
 def _facts(request: dict[str, Any], index: int, ts: float) -> RequestFacts:

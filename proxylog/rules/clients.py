@@ -16,9 +16,10 @@ GLOBAL_KEY = "*"
 
 class Client:
     """A parsed client address with what does not change between its requests: whether it is
-    allowlisted, on intel lists. `generation` says which allowlist/intel it saw."""
+    allowlisted, on intel lists, a trusted proxy (`unresolved`: the request named no client
+    behind it). `generation` says which allowlist/intel it saw."""
 
-    __slots__ = ("_public", "allowed", "generation", "intel", "ip", "nets", "value", "version")
+    __slots__ = ("_public", "allowed", "generation", "intel", "ip", "nets", "unresolved", "value", "version")
 
     def __init__(self, text: str) -> None:
         try:  # the common case, ~20x cheaper than ipaddress
@@ -35,6 +36,7 @@ class Client:
             self.value = 0 if addr is None else int(addr)
         self._public: bool | None = None
         self.allowed = False
+        self.unresolved = False
         self.intel: tuple[int, ...] = ()  # indexes of the intel lists it is on
         self.generation = -1
         self.nets: dict[int, str] = {}

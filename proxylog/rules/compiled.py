@@ -34,6 +34,7 @@ class CompiledRule:
         "id",
         "keys",
         "member",
+        "per_client",
         "rate",
         "spec",
         "status",
@@ -52,6 +53,7 @@ class CompiledRule:
         self.when = when
         self.unless = unless
         self.keys: KeyFunc = build_keys(spec.key)
+        self.per_client = spec.key.kind != "global"  # counts per client or network: never a proxy
         member: Callable[[Any], str] | None = DISTINCT_VALUE[spec.distinct] if spec.distinct else None
         self.member = member
         self.threshold = spec.threshold

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 from cachetools import LRUCache
 
-from proxylog.config._reader import unmap_network
+from proxylog.config._reader import IPNetwork, unmap_network
 from proxylog.config.rule_specs import RulesSpec
 from proxylog.errors import ConfigError
 from proxylog.record import RuleHit, format_timestamp
@@ -36,6 +36,7 @@ CLIENT_CACHE = 65_536  # parsed client addresses kept (allowlist and intel resul
 MAX_FLAGGED = 100_000  # clients carrying a tag from a response-time rule
 MAX_EPISODES = 100_000  # (rule, key) pairs remembered as "already fired" for events
 SWEEP_INTERVAL = 1.0  # seconds between looks for expired bans
+UNRESOLVED_TAG = "unresolved-client"
 
 
 class RuleEngine:
@@ -46,7 +47,8 @@ class RuleEngine:
     `previous` carries state across a config reload: bans always, counters for rules whose
     spec did not change. `listener` receives RuleEvents (for alerts and audit); it is called
     on the request path, so it must be quick and must not block. `store` replaces the
-    in-process store (a shared backend). Raises ConfigError when an intel file cannot load.
+    in-process store (a shared backend). `trusted` are the trusted proxies: a client that is
+    one of them is unresolved (see `check`). Raises ConfigError when an intel file cannot load.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class RuleEngine:
         previous: RuleEngine | None = None,
         listener: Callable[[RuleEvent], None] | None = None,
         store: Store | None = None,
+        trusted: Iterable[IPNetwork] = (),
     ) -> None:
         self.spec = spec
         self.clock = clock
@@ -78,6 +81,7 @@ class RuleEngine:
         self._intel = self._load_intel(spec, now, previous)
         self._runtime_allow: list[str] = list(previous._runtime_allow) if previous is not None else []
         self._allow = self._build_allow()
+        self._trusted = CidrSet(unmap_network(net) for net in trusted)
         self._generation = 0
         self._clients: Callable[[str], Client] = functools.lru_cache(maxsize=CLIENT_CACHE)(Client)
         # Flags and episodes belong with the counters: carried only when the store is.
@@ -121,6 +125,7 @@ class RuleEngine:
     def _classify(self, client: Client) -> None:
         generation = self._generation  # read first: a concurrent refresh then forces a redo
         client.allowed = bool(client.version) and self._allow.contains(client.version, client.value)
+        client.unresolved = bool(client.version) and self._trusted.contains(client.version, client.value)
         client.intel = tuple(
             index
             for index, lst in enumerate(self._intel)
@@ -132,7 +137,11 @@ class RuleEngine:
 
     def check(self, facts: RequestFacts) -> Verdict:
         """The request-time verdict: allowlisted → nothing; else an active ban, intel lists,
-        tags from earlier responses, then request-time rules (which count this request)."""
+        tags from earlier responses, then request-time rules (which count this request).
+
+        An unresolved client (a trusted proxy: X-Forwarded-For was missing or named no
+        address) is tagged `unresolved-client` and only `key: global` rules apply: counting,
+        blocking or banning it would do so to everyone behind the proxy."""
         client = self._client(facts.client_ip)
         if client.allowed:
             return NO_VERDICT
@@ -140,6 +149,22 @@ class RuleEngine:
         self._checks += 1
         if now >= self._next_sweep:
             self._sweep(now)
+        out: Outcome | None
+        if client.unresolved:
+            out = Outcome()
+            out.tags.append(UNRESOLVED_TAG)
+        else:
+            out = self._standing(client, now)
+        if self._has_request_rules:
+            scan = Scan(self._scanner, facts)
+            for rule in self._request_rules.candidates(scan):
+                if _counts(rule, client, facts, None, scan):
+                    out = self._count(rule, facts, client, now, out, request_time=True)
+        return NO_VERDICT if out is None else out.verdict()
+
+    def _standing(self, client: Client, now: float) -> Outcome | None:
+        """What the client brings before this request counts: an active ban, intel lists,
+        tags from earlier responses."""
         out: Outcome | None = None
         if len(self._bans):
             ban = self._bans.find(client, now)
@@ -155,19 +180,12 @@ class RuleEngine:
             if marks:
                 out = out or Outcome()
                 self._apply_flags(out, marks, now)
-        if self._has_request_rules:
-            scan = Scan(self._scanner, facts)
-            for rule in self._request_rules.candidates(scan):
-                if rule.when is not None and not rule.when(facts, None, scan):
-                    continue
-                if rule.unless is not None and rule.unless(facts, None, scan):
-                    continue
-                out = self._count(rule, facts, client, now, out, request_time=True)
-        return NO_VERDICT if out is None else out.verdict()
+        return out
 
     def observe(self, facts: RequestFacts, status: int | None) -> Verdict:
         """The verdict once the client's status is known (None: it got no response): status
-        rules count it, tag the record, and may ban the key for its next requests."""
+        rules count it, tag the record, and may ban the key for its next requests. Only
+        `key: global` rules count an unresolved client."""
         candidates = self._response_rules.candidates(status)
         if not candidates:
             return NO_VERDICT
@@ -179,11 +197,8 @@ class RuleEngine:
         out: Outcome | None = None
         scan = Scan(self._scanner, facts)
         for rule in candidates:
-            if rule.when is not None and not rule.when(facts, status, scan):
-                continue
-            if rule.unless is not None and rule.unless(facts, status, scan):
-                continue
-            out = self._count(rule, facts, client, now, out, request_time=False)
+            if _counts(rule, client, facts, status, scan):
+                out = self._count(rule, facts, client, now, out, request_time=False)
         if out is None:
             return NO_VERDICT
         return Verdict(tags=tuple(dict.fromkeys(out.tags)), rules=tuple(out.hits))
@@ -381,3 +396,13 @@ class RuleEngine:
             "intel": {lst.spec.name: lst.stats() for lst in self._intel},
             "allowlist": len(self.allowlist()),
         }
+
+
+def _counts(rule: CompiledRule, client: Client, facts: RequestFacts, status: int | None, scan: Scan) -> bool:
+    """Whether `rule` counts this request: `when` holds, `unless` does not, and its key can
+    count the client (only a global key counts an unresolved one)."""
+    if client.unresolved and rule.per_client:
+        return False
+    if rule.when is not None and not rule.when(facts, status, scan):
+        return False
+    return rule.unless is None or not rule.unless(facts, status, scan)

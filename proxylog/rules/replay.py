@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import orjson
 
 from proxylog.config import Config, ConfigError, load_config
-from proxylog.config._reader import Node
+from proxylog.config._reader import IPNetwork, Node
 from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import parse_rules
 from proxylog.record import format_timestamp
@@ -76,10 +76,12 @@ def replay(
     sort: bool = True,
     on_event: Callable[[RuleEvent], None] | None = None,
     template: RuleEngine | None = None,
+    trusted: Iterable[IPNetwork] = (),
 ) -> ReplayReport:
     """Run requests through a fresh engine with their timestamps as its clock. In enforce mode
     a request the verdict would block is not observed (as the proxy would not forward it).
-    A `template` engine of the same spec lends its loaded intel lists (no state is shared)."""
+    A `template` engine of the same spec lends its loaded intel lists (no state is shared);
+    `trusted` proxies are unresolved clients, as live (the config's ``trusted_proxies``)."""
     report = ReplayReport()
     clock = ReplayClock()
 
@@ -89,7 +91,7 @@ def replay(
             on_event(event)
 
     store = MemoryStore() if template is not None else None
-    engine = RuleEngine(spec, clock, listener=listen, previous=template, store=store)
+    engine = RuleEngine(spec, clock, listener=listen, previous=template, store=store, trusted=trusted)
     ordered = sorted(entries, key=lambda e: e.facts.ts) if sort else entries
     for entry in ordered:
         facts = entry.facts
@@ -190,18 +192,19 @@ def _replay_command(args: argparse.Namespace) -> int:
             print(f"proxylog replay: cannot read {path}: {e}", file=sys.stderr)
             return 1
     show = _shown(args.events)
+
+    def run(on_event: Callable[[RuleEvent], None]) -> ReplayReport:
+        sort = not args.no_sort
+        return replay(entries, spec, mode=mode, sort=sort, on_event=on_event, trusted=config.trusted_proxies)
+
     if args.json:
-        report = replay(
-            entries, spec, mode=mode, sort=not args.no_sort, on_event=lambda e: _json_event(out, e, show)
-        )
+        report = run(lambda e: _json_event(out, e, show))
         _json_summary(out, report, spec, mode, skipped)
         return 0
     _print_header(out, args.files, entries, spec, mode, skipped)
     if show:
         print(f"\n{'WHEN':<27} {'EVENT':<6} {'RULE':<20} {'KEY':<24} DETAIL", file=out)
-    report = replay(
-        entries, spec, mode=mode, sort=not args.no_sort, on_event=lambda e: _text_event(out, e, show)
-    )
+    report = run(lambda e: _text_event(out, e, show))
     _print_summary(out, report, spec, mode)
     return 0
 
