@@ -329,3 +329,14 @@ def test_ipv4_mapped_allow_entries_cover_ipv4_clients() -> None:
     assert not engine.check(_facts("192.0.2.5")).block
     assert not engine.check(_facts("::ffff:192.0.2.5")).block
     assert engine.check(_facts("192.0.3.5")).block
+
+
+def test_allowlisted_clients_are_never_counted_by_status_rules() -> None:
+    """An allowlisted client hammering 404s and 401s is never tagged, counted or banned."""
+    probing = {"id": "probing", "when": {"status": [404]}, "distinct": "path", "threshold": 3}
+    engine = RuleEngine(_spec([ERRORS, probing], allow=["192.0.2.0/24"]), FakeClock())
+    for n in range(20):
+        verdict = engine.observe(_facts("192.0.2.9", path=f"/missing/{n}"), 404 if n % 2 else 401)
+        assert (verdict.tags, verdict.rules) == ((), ())
+    assert engine.bans() == []
+    assert (engine.peek("errors", "192.0.2.9"), engine.peek("probing", "192.0.2.9")) == (0, 0)
