@@ -38,6 +38,7 @@ BAD_RULES = [
     ([_rule(threshold=0)], "rules[0].threshold", "must be at least 1"),
     ([_rule(when={"path": "(?<=x)a"})], "rules[0].when.path", "invalid re2 pattern '(?<=x)a'"),
     ([_rule(when={"path": ["^/ok", "a{1001}"]})], "rules[0].when.path[1]", "invalid re2 pattern"),
+    ([_rule(when={"path": "x" * 100_000})], "rules[0].when.path", "too large to compile"),
     ([_rule(when={"path": "@sensitive-file"})], "rules[0].when.path", "unknown list @sensitive-file"),
     ([_rule(when={"paths": "/x"})], "rules[0].when.paths", "unknown key"),
     ([_rule(color="red")], "rules[0].color", "unknown key"),

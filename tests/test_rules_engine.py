@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from proxylog.config._reader import Node
 from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import parse_rules
+from proxylog.errors import ConfigError
 from proxylog.identity import TrustedProxies
 from proxylog.rules import Ban, RequestFacts, RuleEngine, RuleEvent
 from proxylog.rules.compiled import fingerprint
@@ -340,3 +341,12 @@ def test_allowlisted_clients_are_never_counted_by_status_rules() -> None:
         assert (verdict.tags, verdict.rules) == ((), ())
     assert engine.bans() == []
     assert (engine.peek("errors", "192.0.2.9"), engine.peek("probing", "192.0.2.9")) == (0, 0)
+
+
+def test_patterns_too_large_together_are_a_config_error_naming_the_rules() -> None:
+    """Patterns that each compile but overflow re2's set together fail the engine build cleanly."""
+    rules = [{"id": f"long-{n}", "when": {"path": c * 50_000}} for n, c in enumerate("ab")]
+    with pytest.raises(ConfigError) as info:
+        RuleEngine(_spec(rules), FakeClock())
+    assert info.value.path == "rules"
+    assert "path" in info.value.message and "long-0, long-1" in info.value.message

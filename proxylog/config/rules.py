@@ -226,6 +226,14 @@ class _Parser:
         except re2.error as e:
             reason = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
             item.fail(f"invalid re2 pattern {text!r}: {reason}")
+        # The engine matches every pattern of a field in one re2.Set, whose memory budget a
+        # pattern can exceed even though it compiles on its own.
+        alone = re2.Set.SearchSet(_RE2_OPTIONS)
+        alone.Add(text)
+        try:
+            alone.Compile()
+        except re2.error:
+            item.fail(f"re2 pattern too large to compile ({len(text)} characters): shorten or split it")
         return text
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from cachetools import LRUCache
 
 from proxylog.config._reader import IPNetwork, unmap_network
-from proxylog.config.rule_specs import RulesSpec
+from proxylog.config.rule_specs import PatternField, RuleSpec, RulesSpec
 from proxylog.errors import ConfigError
 from proxylog.record import RuleHit, format_timestamp
 from proxylog.rules._outcome import Outcome, RuleStats
@@ -26,7 +26,7 @@ from proxylog.rules.bans import Bans
 from proxylog.rules.clients import Client, normalize_key
 from proxylog.rules.compiled import CompiledRule, RequestIndex, ResponseIndex, compile_matches
 from proxylog.rules.intel import CidrSet, IntelList
-from proxylog.rules.matchers import Scan
+from proxylog.rules.matchers import PatternSetError, Scan
 from proxylog.state import Store
 from proxylog.state.memory import MemoryStore
 
@@ -48,7 +48,8 @@ class RuleEngine:
     spec did not change. `listener` receives RuleEvents (for alerts and audit); it is called
     on the request path, so it must be quick and must not block. `store` replaces the
     in-process store (a shared backend). `trusted` are the trusted proxies: a client that is
-    one of them is unresolved (see `check`). Raises ConfigError when an intel file cannot load.
+    one of them is unresolved (see `check`). Raises ConfigError when an intel file cannot load
+    or the rules' patterns cannot be compiled.
     """
 
     def __init__(
@@ -66,7 +67,11 @@ class RuleEngine:
         self.listener = listener
         now = clock()
         self.store: Store = store or (previous.store if previous is not None else MemoryStore())
-        self._scanner, matches = compile_matches(spec.rules)
+        try:
+            self._scanner, matches = compile_matches(spec.rules)
+        except PatternSetError as e:
+            users = [rule.id for rule in spec.rules if e.field in _pattern_fields(rule)]
+            raise ConfigError("rules", f"{e} (rules {', '.join(users)}): shorten or split them") from e
         rules = [
             CompiledRule(rule, when, unless, self.store)
             for rule, (when, unless) in zip(spec.rules, matches, strict=True)
@@ -406,3 +411,7 @@ def _counts(rule: CompiledRule, client: Client, facts: RequestFacts, status: int
     if rule.when is not None and not rule.when(facts, status, scan):
         return False
     return rule.unless is None or not rule.unless(facts, status, scan)
+
+
+def _pattern_fields(rule: RuleSpec) -> set[PatternField]:
+    return {name for name, _ in (*rule.when.patterns, *rule.unless.patterns)}

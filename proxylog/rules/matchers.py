@@ -36,6 +36,14 @@ DISTINCT_VALUE: dict[str, Callable[[RequestFacts], str]] = {
 }
 
 
+class PatternSetError(ValueError):
+    """The patterns on one field are together too large for re2 to compile into one set."""
+
+    def __init__(self, field: PatternField, count: int) -> None:
+        super().__init__(f"the {count} patterns on {field} are too large for re2 to compile together")
+        self.field = field
+
+
 SCAN_CACHE = 8192  # per field: user agents, paths and queries repeat; a full cache starts over
 
 
@@ -56,7 +64,8 @@ class Scanner:
         return ids[pattern]
 
     def compile(self) -> None:
-        """Build the sets; call once every pattern is added."""
+        """Build the sets; call once every pattern is added. Raises PatternSetError when a
+        field's set exceeds re2's memory budget."""
         options = re2.Options()
         options.log_errors = False
         for name, ids in self._ids.items():
@@ -65,7 +74,10 @@ class Scanner:
             patterns = re2.Set.SearchSet(options)
             for pattern in ids:  # insertion order = id order
                 patterns.Add(pattern_for(pattern))
-            patterns.Compile()
+            try:
+                patterns.Compile()
+            except re2.error as e:
+                raise PatternSetError(name, len(ids)) from e
             self._sets[name] = patterns
 
     def scan(self, field: PatternField, facts: RequestFacts) -> tuple[int, ...]:
