@@ -68,8 +68,13 @@ CANARY_ALPHABET = string.ascii_letters + string.digits + "-._~+/="
 
 
 def canary_forms(canary: str) -> set[str]:
-    """The canary raw, percent-encoded and base64-encoded at every alignment."""
+    """The canary raw, percent-encoded (up to four times over) and base64-encoded at every
+    alignment."""
     forms = {canary, quote(canary, safe=""), quote_plus(canary), quote(canary), quote(canary, safe="/=")}
+    encoded = quote(canary, safe="")
+    for _ in range(3):
+        encoded = quote(encoded, safe="")
+        forms.add(encoded)
     raw = canary.encode()
     for offset in range(3):
         encoded = base64.b64encode(b"\0" * offset + raw).decode()
@@ -107,6 +112,17 @@ def encoded_value(rnd: random.Random, canary: str) -> str:
     return rnd.choice([quote(canary, safe=""), quote_plus(canary), quote(canary, safe="/=")])
 
 
+def nested_url(rnd: random.Random, canary: str) -> str:
+    """A parameter value holding a URL with the canary under a secret key: plain (as a browser
+    sends ``return_to=/account?token=…``), or percent-encoded once, twice or three times."""
+    key = rnd.choice([random_case(rnd, rnd.choice(SECRET_KEYS)), encoded_key(rnd)])
+    # Plain, a "&" would end the value: the secret pair comes first, or is nested once more.
+    url = rnd.choice(["/account?", "/a?next=/b?", "https://ref.example.com/a?page=1&"]) + f"{key}={canary}"
+    for _ in range(rnd.choice([0, 0, 1, 2, 3])):
+        url = quote(url, safe="")
+    return url
+
+
 def word(rnd: random.Random, low: int, high: int) -> str:
     return "".join(rnd.choice(string.ascii_lowercase) for _ in range(rnd.randint(low, high)))
 
@@ -118,6 +134,7 @@ class Plan:
     method: str = "GET"
     path: str = "/products/7"
     query: list[str] = field(default_factory=list)
+    fragment: str | None = None
     benign_pairs: list[str] = field(default_factory=list)
     headers: list[tuple[str, str]] = field(default_factory=list)
     response_headers: list[tuple[str, str]] = field(default_factory=list)
@@ -125,9 +142,9 @@ class Plan:
 
 
 def make_plan(rnd: random.Random, canary: str) -> Plan:
-    """A request with the canary in up to six random places (none, sometimes) among twelve."""
+    """A request with the canary in up to six random places (none, sometimes) among fifteen."""
     plan = Plan()
-    places = set(rnd.sample(range(12), rnd.randint(0, 6)))
+    places = set(rnd.sample(range(15), rnd.randint(0, 6)))
     plan.benign_pairs = [f"{rnd.choice(BENIGN_KEYS)}={word(rnd, 1, 6)}" for _ in range(rnd.randint(0, 3))]
     plan.query = list(plan.benign_pairs)
     host = url_host = "app.example.com"
@@ -177,6 +194,15 @@ def make_plan(rnd: random.Random, canary: str) -> Plan:
         plan.method = "POST"
         plan.body = f"{encoded_key(rnd)}={quote_plus(canary)}&name=ann".encode()
         plan.headers.append(("Content-Type", "application/x-www-form-urlencoded"))
+    if 12 in places:
+        plan.query.insert(
+            rnd.randint(0, len(plan.query)), f"{rnd.choice(['return_to', 'next'])}={nested_url(rnd, canary)}"
+        )
+    if 13 in places:
+        plan.headers.append(("Referer", f"https://ref.example.com/login?next={nested_url(rnd, canary)}"))
+    if 14 in places:  # a fragment in the request line: the client sent it, so it is logged
+        key = rnd.choice([random_case(rnd, rnd.choice(SECRET_KEYS)), encoded_key(rnd)])
+        plan.fragment = f"{key}={rnd.choice([canary, encoded_value(rnd, canary)])}"
     plan.headers.insert(0, ("Host", host))
     plan.headers.append(("User-Agent", "Mozilla/5.0 (X11; Linux x86_64)"))
     return plan
@@ -184,6 +210,7 @@ def make_plan(rnd: random.Random, canary: str) -> Plan:
 
 def make_flow(plan: Plan) -> http.HTTPFlow:
     target = plan.path + ("?" + "&".join(plan.query) if plan.query else "")
+    target += "" if plan.fragment is None else "#" + plan.fragment
     headers = [(n.encode(), v.encode()) for n, v in plan.headers]
     if plan.body:
         headers.append((b"Content-Length", str(len(plan.body)).encode()))
@@ -220,7 +247,7 @@ def unchanged_where_no_secret(
         assert flat_after.get(key) == value, key
     query = flat_after.get("url.query")
     if plan.benign_pairs:
-        assert set(plan.benign_pairs) <= set(query.split("&")), query
+        assert set(plan.benign_pairs) <= set(query.replace("#", "&").split("&")), query
 
 
 @pytest.fixture
@@ -240,9 +267,11 @@ async def test_canaries_never_reach_a_sink(
     data: st.DataObject, hash_key: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Over 10,000 generated requests, a canary secret placed in credential headers, cookies,
-    query keys (any case, encoded, nested, repeated), userinfo, the path, Referer, Location,
-    Set-Cookie and JSON or form bodies appears in no sink line, raw, percent-encoded or base64;
-    every field that held no secret is logged exactly as without redaction."""
+    query keys (any case, encoded, nested, repeated), URLs nested in a query or Referer value
+    (plain or encoded up to three times), a request-line fragment, userinfo, the path,
+    Referer, Location, Set-Cookie and JSON or form bodies appears in no sink line, raw,
+    percent-encoded or base64; every field that held no secret is logged exactly as without
+    redaction."""
     canary = "Cy" + data.draw(st.text(CANARY_ALPHABET, min_size=16, max_size=28)) + "Qz"
     forms = canary_forms(canary)
     action = data.draw(st.sampled_from(["mask", "hash", "partial", "drop"]))
@@ -334,7 +363,8 @@ FRAGMENTS = (
 
 
 # The pieces the shortcut's hints exist for, drawn more often.
-TRICKY = ("%74oken", "%74", "=", "&", "%3D", "%2F", "%3A", "://", "@", "/", "?", "sig", "key")
+TRICKY = ("%74oken", "%74", "=", "&", "%3D", "%2F", "%3A", "://", "@", "/", "?", "sig", "key", "#", "//")
+TRICKY += ("%253D", "%252F", "%25253D", "4111%2D")
 WEIGHTED = FRAGMENTS + TRICKY * 3
 
 
