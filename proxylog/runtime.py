@@ -97,7 +97,13 @@ class Runtime:
         trusted = TrustedProxies(config.trusted_proxies)
         redactor = Redactor(config.redact)
         body_parser = build_body_parser(config.redact)
-        engine = RuleEngine(config.rules, self.clock, previous=previous, listener=self._on_rule_event)
+        engine = RuleEngine(
+            config.rules,
+            self.clock,
+            previous=previous,
+            listener=self._on_rule_event,
+            trusted=config.trusted_proxies,
+        )
         alerts = self.alerts
         if alerts is None or alerts.specs != config.alerts:
             alerts = (

@@ -15,6 +15,7 @@ import pytest
 
 from tests._http import request
 from tests.conftest import Puma
+from tests.test_control import ctl_json
 
 PROBE_RULES = [
     {
@@ -130,3 +131,23 @@ def test_allowlist_always_wins(start_proxylog, prefix: str) -> None:
     assert [request(proxy.url, f"{prefix}/secret").status for _ in range(5)] == [200] * 5
     access = proxy.access(count=5)
     assert all(r["event"]["action"] == "allowed" and not r["proxylog"]["tags"] for r in access)
+
+
+def test_behind_a_balancer_only_the_real_client_is_banned(start_proxylog, puma: Puma, prefix: str) -> None:
+    """Behind a trusted balancer that writes `ip:port`, the client is the address before the
+    port; a request whose X-Forwarded-For names no client is never held against the balancer."""
+    proxy = start_proxylog({"rules": PROBE_RULES, "mode": "enforce", "trusted_proxies": ["127.0.0.0/8"]})
+    scanner = [("X-Forwarded-For", "203.0.113.9:51514")]
+    garbage = [("X-Forwarded-For", "unknown")]
+    statuses = [request(proxy.url, f"{prefix}/secret", headers=scanner).status for _ in range(2)]
+    assert statuses == [200, 403]
+    for _ in range(3):  # past the probe threshold, from the balancer's own address
+        assert request(proxy.url, f"{prefix}/secret", headers=garbage).status == 200
+    innocent = [("X-Forwarded-For", "198.51.100.20:40000")]
+    assert request(proxy.url, f"{prefix}/ok", headers=innocent).status == 200
+    records = [r for r in proxy.access(count=6) if r["url"]["path"].startswith(prefix)]
+    assert records[0]["client"]["ip"] == "203.0.113.9"
+    unresolved = [r for r in records if r["client"]["ip"] == "127.0.0.1"]
+    assert len(unresolved) == 3
+    assert all("unresolved-client" in r["proxylog"]["tags"] for r in unresolved)
+    assert [ban["key"] for ban in ctl_json(proxy, "bans")["bans"]] == ["203.0.113.9"]
