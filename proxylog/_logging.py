@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
+import os
 import queue
-import sys
 from collections.abc import Callable
 
 from proxylog.config import LogSpec
 from proxylog.record import cap_text
 
 QUEUE_SIZE = 1000
+# At exit, how long the writer may take to flush queued lines to stderr before they are dropped.
+STOP_TIMEOUT_S = 2.0
 
 
 class _CappedFormatter(logging.Formatter):
@@ -42,17 +45,60 @@ class _DroppingQueueHandler(logging.handlers.QueueHandler):
             _DroppingQueueHandler.dropped += 1
 
 
+class _StderrWriter:
+    """The writer thread's sink: whole lines to fd 2 with os.write.
+
+    Not a logging.Handler and not sys.stderr: a writer blocked on a stalled pipe then holds
+    no lock that logging.shutdown or the interpreter's final stderr flush would wait for.
+    """
+
+    def __init__(self, formatter: logging.Formatter) -> None:
+        self.formatter = formatter
+
+    def handle(self, record: logging.LogRecord) -> None:
+        data = (self.formatter.format(record) + "\n").encode("utf-8", "backslashreplace")
+        with contextlib.suppress(OSError):  # stderr closed: nothing to tell anyone
+            while data:
+                data = data[os.write(2, data) :]
+
+
+class _DroppingQueueListener(logging.handlers.QueueListener):
+    """A QueueListener whose stop() never blocks: a full queue loses its oldest lines to make
+    room for the stop sentinel, and a writer stuck on a stalled stderr is left behind after
+    `STOP_TIMEOUT_S` (its thread is a daemon), its unwritten lines counted as dropped."""
+
+    def enqueue_sentinel(self) -> None:
+        while True:
+            try:
+                self.queue.put_nowait(self._sentinel)  # type: ignore[attr-defined]
+                return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self.queue.get_nowait()  # type: ignore[attr-defined]
+                    _DroppingQueueHandler.dropped += 1
+
+    def stop(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self.enqueue_sentinel()
+        thread.join(STOP_TIMEOUT_S)
+        if thread.is_alive():
+            _DroppingQueueHandler.dropped += self.queue.qsize()  # type: ignore[attr-defined]
+        self._thread = None
+
+
 def setup_logging(spec: LogSpec, clean: Callable[[str], str] | None = None) -> logging.handlers.QueueListener:
     """Route every log line to stderr through a bounded queue and one writer thread.
 
     `clean` redacts secrets from each line (mitmproxy's debug logs quote raw request bytes).
     Multi-line messages and control characters are escaped by the formatter, so one event
-    is one stderr line. Returns the listener; call `.stop()` at exit to flush it.
+    is one stderr line. Returns the listener; call `.stop()` at exit to flush it (it never
+    blocks for long nor raises, even when nobody reads stderr).
     """
-    stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(_CappedFormatter(spec.max_line_bytes, clean))
+    stderr = _StderrWriter(_CappedFormatter(spec.max_line_bytes, clean))
     records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
-    listener = logging.handlers.QueueListener(records, stderr, respect_handler_level=False)
+    listener = _DroppingQueueListener(records, stderr, respect_handler_level=False)  # type: ignore[arg-type]
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
