@@ -20,6 +20,7 @@ ErrorType = Literal[
     "request_invalid",
     "upstream_invalid",
     "body_too_large",
+    "shutdown",
     "proxy_error",
 ]
 

@@ -67,10 +67,12 @@ class TimeoutSpec:
 
 @dataclass(frozen=True, slots=True)
 class LimitSpec:
-    """Body handling: bodies over `stream_threshold` are streamed and counted, never stored."""
+    """Body handling: bodies over `stream_threshold` are streamed and counted, never stored;
+    `header_bytes` caps a request head (request line and headers), refused with 431."""
 
     body_size: int | None = None
     stream_threshold: int = 1024 * 1024
+    header_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,13 +236,14 @@ def _parse_timeouts(node: Node) -> TimeoutSpec:
 
 
 def _parse_limits(node: Node) -> LimitSpec:
-    fields = node.fields({"body_size", "stream_threshold"})
+    fields = node.fields({"body_size", "stream_threshold", "header_bytes"})
     defaults = LimitSpec()
     return LimitSpec(
         body_size=optional(fields.get("body_size"), lambda n: n.size(min=1), defaults.body_size),
         stream_threshold=optional(
             fields.get("stream_threshold"), lambda n: n.size(min=1), defaults.stream_threshold
         ),
+        header_bytes=optional(fields.get("header_bytes"), lambda n: n.size(min=1024), defaults.header_bytes),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,8 +29,8 @@ from proxylog.mitm.flows import (
     state_of,
     status_sent,
 )
-from proxylog.mitm.layers import refuse_tls_on_plain_listener
-from proxylog.mitm.replies import reject, reply, reply_to_error
+from proxylog.mitm.layers import guard_http1, refuse_tls_on_plain_listener
+from proxylog.mitm.replies import make_reply, reject, reply, reply_to_error
 from proxylog.rules import Verdict
 from proxylog.runtime import Runtime
 
@@ -71,7 +72,9 @@ class ProxyLog:
         names a file. `runtime` injects a ready Runtime (tests pass one with a MemorySink)."""
         self._preset = config or (runtime.config if runtime else None)
         self.runtime: Runtime | None = runtime
-        self.inflight = 0
+        # Requests between requestheaders and their record, by flow id.
+        self._inflight: dict[str, http.HTTPFlow] = {}
+        self._draining = False
         # Puma's response headers are due timeouts.upstream after the request ends.
         self._upstream_due: Deadlines[str, http.HTTPFlow] = Deadlines(lambda: self._timeouts().upstream)
         # A client's request headers are due timeouts.header after it connects or is answered.
@@ -79,6 +82,10 @@ class ProxyLog:
         self._sweeper: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._drained.set()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
 
     def _timeouts(self) -> TimeoutSpec:
         return self.runtime.config.timeouts if self.runtime is not None else TimeoutSpec()
@@ -124,22 +131,70 @@ class ProxyLog:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self.abandon_inflight()
         if self.runtime is not None:
             await self.runtime.close(self.runtime.config.timeouts.drain)
 
     async def drain(self, timeout: float) -> bool:
-        """Wait until no request is in flight; False if `timeout` ran out first."""
+        """Stop taking new work and wait until no request is in flight; False if `timeout` ran
+        out first. Idle keep-alive connections are closed at once; a request that still
+        arrives on an open connection is answered 503 with `Connection: close`."""
+        self._draining = True
+        for client in self._headers_due.pop_all():
+            _connections.close_client(client, "proxylog: shutting down")
         try:
             await asyncio.wait_for(self._drained.wait(), timeout)
         except TimeoutError:
             return False
         return True
 
+    def abandon_inflight(self) -> None:
+        """Record every request still in flight as `shutdown` (called before the sinks close:
+        mitmproxy would otherwise end these flows after proxylog stopped recording)."""
+        for flow in list(self._inflight.values()):
+            state = state_of(flow)
+            if state is not None and not state.done:
+                state.error_type = "shutdown"
+                state.error_message = "proxylog stopped before the request finished"
+                self._finish(flow, state)
+
     @guarded
     def next_layer(self, nextlayer: Any) -> None:
         if refuse_tls_on_plain_listener(nextlayer):
             peer = nextlayer.context.client.peername
             logger.warning("refused TLS from %s on a plain-HTTP listener", peer[0])
+        elif self.runtime is not None:
+            guard_http1(nextlayer, self.runtime.config.limits.header_bytes, self.refuse_head)
+
+    def refuse_head(
+        self, client: Any, server: Any, request: http.Request | None, status: int, why: str
+    ) -> bytes:
+        """Record a request head refused before it became a flow (too large, or unparseable)
+        and return proxylog's reply for it. Called by GuardedHttp1Server; never raises."""
+        runtime = self.runtime
+        if runtime is None:
+            return make_reply(status, "", head_only=False)
+        try:
+            if request is None:  # method and path unknown: the record says so with empty strings
+                request = http.Request(
+                    "", 0, b"", b"", b"", b"", b"HTTP/1.1", http.Headers(), None, None, 0, None
+                )
+            request.timestamp_start = request.timestamp_start or time.time()
+            if not request.scheme:
+                request.scheme = "https" if client.tls_established else "http"
+            flow = http.HTTPFlow(client, server)
+            flow.request = request
+            state = start_flow(flow, runtime.trusted, runtime.config.record)
+            state.mode = runtime.mode
+            state.error_type, state.error_message = "request_invalid", why
+            answer = make_reply(status, state.request_id, request.method == "HEAD")
+            state.replied_status, state.replied_bytes = status, len(answer)
+            self._record(flow, state)
+            return answer
+        except Exception:
+            runtime.internal_errors += 1
+            logger.exception("internal error recording a refused request head")
+            return make_reply(status, "", head_only=False)
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -149,15 +204,20 @@ class ProxyLog:
         self._headers_due.disarm(flow.client_conn.id)
         state = start_flow(flow, runtime.trusted, runtime.config.record)
         state.mode = runtime.mode
-        self.inflight += 1
+        self._inflight[flow.id] = flow
         self._drained.clear()
         if runtime.engine.enabled:
             state.facts = facts_from_flow(flow, state, runtime.config.record)
         if flow.error or flow.response:
             return
+        if self._draining:
+            reject(flow, state, 503, "shutdown", "proxylog is shutting down")
+            return
         if state.host_headers > 1:
             reject(flow, state, 400, "request_invalid", "multiple Host headers")
             return
+        if _over_body_limit(flow, runtime.config.limits.body_size):
+            return  # mitmproxy refuses it next (413): no verdict, so no second reply
         if state.facts is not None and self._apply(flow, state, runtime.engine.check(state.facts)):
             return
         if flow.request.stream or state.chunked_upload:
@@ -261,17 +321,27 @@ class ProxyLog:
         keep_alive = flow.request.http_version.startswith("HTTP/1") and not (
             flow.websocket or (flow.response is not None and flow.response.status_code == 101)
         )
-        if keep_alive and flow.client_conn.connected:
+        if keep_alive and flow.client_conn.connected and not self._draining:
             self._headers_due.arm(flow.client_conn.id, flow.client_conn)  # the next request
-        runtime = self.runtime
         try:
-            if state.facts is not None and state.action != "blocked":
-                self._observe(state, runtime.engine.observe(state.facts, status_sent(flow, state)))
-            runtime.emit(
-                record_from_flow(flow, state, runtime.config.record, body_parser=runtime.body_parser)
-            )
+            self._record(flow, state)
         finally:
-            self.inflight -= 1
-            if self.inflight <= 0:
-                self.inflight = 0
+            self._inflight.pop(flow.id, None)
+            if not self._inflight:
                 self._drained.set()
+
+    def _record(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        runtime = self.runtime
+        if runtime is None:
+            return
+        if state.facts is not None and state.action != "blocked":
+            self._observe(state, runtime.engine.observe(state.facts, status_sent(flow, state)))
+        runtime.emit(record_from_flow(flow, state, runtime.config.record, body_parser=runtime.body_parser))
+
+
+def _over_body_limit(flow: http.HTTPFlow, limit: int | None) -> bool:
+    """True when the declared Content-Length exceeds `limits.body_size`."""
+    if limit is None:
+        return False
+    length = flow.request.headers.get("content-length", "")
+    return length.isdigit() and int(length) > limit

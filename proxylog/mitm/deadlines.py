@@ -39,5 +39,11 @@ class Deadlines[K, V]:
             del self._entries[key]
             yield item
 
+    def pop_all(self) -> list[V]:
+        """Remove and return every item, expired or not."""
+        items = [item for _, item in self._entries.values()]
+        self._entries.clear()
+        return items
+
     def __len__(self) -> int:
         return len(self._entries)

@@ -182,6 +182,11 @@ def start_flow(flow: http.HTTPFlow, trusted: TrustedProxies, spec: RecordSpec) -
             content_type = value
         kept.append((name, value))
 
+    if request.data.authority and request.http_version.startswith("HTTP/1"):
+        # absolute-form: the authority wins over Host (RFC 9112 §3.2.2) and Puma gets origin-form
+        host, hosts = request.data.authority, 1
+        kept = [(b"Host", host), *(field for field in kept if field[0].lower() != b"host")]
+        request.data.authority = b""
     identity = trusted.resolve(flow.client_conn.peername[0], forwarded_for)
     if not trusted.is_trusted(identity.peer):
         from_peer.clear()
@@ -197,8 +202,6 @@ def start_flow(flow: http.HTTPFlow, trusted: TrustedProxies, spec: RecordSpec) -
         kept.append((b"X-Forwarded-Port", port))
     kept.append((b"X-Request-Id", client_request_id.encode("ascii")))
     request.headers.fields = tuple(kept)
-    if request.data.authority and request.http_version.startswith("HTTP/1"):
-        request.data.authority = b""  # absolute-form: Puma gets origin-form, Host decides
 
     truncated: list[str] = []
     state = FlowState(
@@ -346,7 +349,7 @@ def record_from_flow(
         timestamp=request.timestamp_start,
         request_id=state.request_id,
         method=text(request.data.method, "http.request.method", spec, truncated),
-        scheme=request.scheme,
+        scheme=request.scheme or _scheme(flow.client_conn.tls_established).decode(),
         domain=domain,
         path=path,
         query=query,
@@ -366,7 +369,9 @@ def record_from_flow(
         upstream_ms=upstream_ms,
         action=state.action,
         error_type=state.error_type,
-        error_message=state.error_message,
+        error_message=None
+        if state.error_message is None
+        else text(state.error_message, "error.message", spec, truncated),
         mode=state.mode,
         enforced=state.enforced,
         tags=state.tags,

@@ -1,17 +1,36 @@
-"""A layer that refuses TLS on a plain-HTTP listener instead of answering with a forged cert."""
+"""Layers proxylog substitutes for mitmproxy's: TLS refusal on a plain-HTTP listener, and an
+HTTP/1 server layer with a request-head size limit and proxylog's own error replies."""
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
+from typing import Any
 
+from mitmproxy import http
+from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import http1
 from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.layers.http import HttpLayer
+from mitmproxy.proxy.layers.http._base import ReceiveHttp
+from mitmproxy.proxy.layers.http._events import RequestProtocolError, ResponseProtocolError
+from mitmproxy.proxy.layers.http._http1 import Http1Server
 from mitmproxy.proxy.mode_specs import ReverseMode
+
+from proxylog.identity import is_valid_request_id
+from proxylog.mitm.replies import make_reply
 
 logger = logging.getLogger("proxylog")
 
 # TLS record: alert, TLS 1.0 framing, length 2, fatal (2), handshake_failure (40).
 HANDSHAKE_FAILURE_ALERT = b"\x15\x03\x01\x00\x02\x02\x28"
+# The end of a request head, as h11 (mitmproxy's HTTP/1 parser) finds it.
+_END_OF_HEAD = re.compile(rb"\n\r?\n")
+
+# (client, server, request or None if unparseable, status, message) -> the reply to send.
+RefuseHead = Callable[[Any, Any, http.Request | None, int, str], bytes]
 
 
 class RefuseTLS(layer.Layer):
@@ -32,4 +51,98 @@ def refuse_tls_on_plain_listener(nextlayer: layer.NextLayer) -> bool:
     if nextlayer.context.client.tls_established or not starts_like_tls_record(nextlayer.data_client()):
         return False
     nextlayer.layer = RefuseTLS(nextlayer.context)
+    return True
+
+
+class GuardedHttp1Server(Http1Server):
+    """mitmproxy's HTTP/1 server layer with two changes.
+
+    A request head must end within `max_head` bytes: it is checked on every read, so the
+    buffer never holds more than `max_head` plus one read (64 KiB); mitmproxy's own buffer
+    grows without bound. A head that is too large or cannot be parsed never becomes a flow:
+    `refuse` records it and returns the reply, sent before the connection is closed.
+
+    mitmproxy's error pages (HTML naming mitmproxy, echoing the client's input) are replaced
+    by proxylog's short replies carrying the request's X-Request-Id.
+    """
+
+    def __init__(self, context: Any, max_head: int, refuse: RefuseHead) -> None:
+        super().__init__(context)
+        self.max_head = max_head
+        self.refuse = refuse
+        self.refused = False
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if self.refused and isinstance(event, events.ConnectionEvent):
+            # After a refusal the rest of the client's bytes are read and discarded, never
+            # buffered, until it closes (or timeouts.header closes it).
+            if isinstance(event, events.ConnectionClosed):
+                yield commands.CloseConnection(self.conn)
+            return
+        yield from super()._handle_event(event)
+
+    def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.DataReceived) and len(self.buf) > self.max_head:
+            head = bytes(self.buf)
+            if _END_OF_HEAD.search(head, 0, self.max_head) is None:
+                self.buf.maybe_extract_at_most(len(self.buf))  # free it now
+                request = _request_line(head[: head.find(b"\n")] if b"\n" in head else b"")
+                yield from self._refuse(request, 431, f"request head over {self.max_head} bytes")
+                return
+        failed: str | None = None
+        for command in super().read_headers(event):
+            if failed is None and isinstance(command, commands.SendData) and command.connection is self.conn:
+                failed = "malformed request head"  # mitmproxy's error page: replaced below
+            elif failed is None:
+                yield command
+            elif isinstance(command, commands.Log):
+                failed = command.message.partition(": ")[2] or command.message
+            elif isinstance(command, ReceiveHttp) and isinstance(command.event, RequestProtocolError):
+                failed = command.event.message
+        if failed is not None:
+            yield from self._refuse(self.request, 400, failed)
+
+    def _refuse(self, request: http.Request | None, status: int, why: str) -> layer.CommandGenerator[None]:
+        self.state = self.done
+        self.refused = True
+        answer = self.refuse(self.context.client, self.context.server, request, status, why)
+        yield commands.SendData(self.conn, answer)
+        # Half-close: closing outright while the client is still sending loses the reply to a
+        # reset (and mitmproxy can leave such a socket open when it closes mid-read).
+        yield commands.CloseTcpConnection(self.conn, half_close=True)
+
+    def send(self, event: Any) -> layer.CommandGenerator[None]:
+        if not isinstance(event, ResponseProtocolError):
+            yield from super().send(event)
+            return
+        if not self.conn.state & ConnectionState.CAN_WRITE:
+            return
+        status = event.code.http_status_code()
+        if not self.response and status is not None:
+            request_id = self.request.headers.get("x-request-id", "") if self.request else ""
+            head_only = self.request is not None and self.request.method == "HEAD"
+            yield commands.SendData(
+                self.conn,
+                make_reply(status, request_id if is_valid_request_id(request_id) else "", head_only),
+            )
+        yield commands.CloseConnection(self.conn)
+
+
+def _request_line(line: bytes) -> http.Request | None:
+    """The request line of a head too large to parse, for the record; None if malformed."""
+    try:
+        return http1.read_request_head([line.rstrip(b"\r")])
+    except ValueError:
+        return None
+
+
+def guard_http1(nextlayer: layer.NextLayer, max_head: int, refuse: RefuseHead) -> bool:
+    """When mitmproxy chose its HTTP layer for an HTTP/1 client, preset the client side to
+    GuardedHttp1Server (HttpLayer keeps a preset one, as for client playback). True if it did."""
+    http_layer = nextlayer.layer
+    alpn = nextlayer.context.client.alpn
+    if not isinstance(http_layer, HttpLayer) or (alpn is not None and not alpn.startswith(b"http/1")):
+        return False
+    client = http_layer.context.client
+    http_layer.connections.setdefault(client, GuardedHttp1Server(http_layer.context.fork(), max_head, refuse))
     return True

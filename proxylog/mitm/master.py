@@ -262,4 +262,5 @@ class LeanMaster(master.Master):
                 self.proxylog.inflight,
                 timeout,
             )
+            self.proxylog.abandon_inflight()  # their records, before the sinks close
         self.shutdown()

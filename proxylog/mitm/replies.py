@@ -3,7 +3,9 @@
 mitmproxy answers upstream failures with its own HTML page (naming mitmproxy and its
 version), and a response set in `requestheaders` still waits for the whole request body. For
 HTTP/1 clients proxylog therefore writes the complete response itself and kills the flow, so
-mitmproxy just closes the connection. Other clients get a normal mitmproxy response.
+mitmproxy just closes the connection. Other clients get a normal mitmproxy response. The
+errors mitmproxy answers itself (invalid requests, body limits) reach HTTP/1 clients as
+`make_reply` too: proxylog's HTTP/1 server layer (layers.py) sends it instead of the page.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from proxylog.record import ErrorType
 
 _REPLIES = {
     400: (b"Bad Request", b"400 Bad Request\n"),
+    413: (b"Content Too Large", b"413 Content Too Large\n"),
+    431: (b"Request Header Fields Too Large", b"431 Request Header Fields Too Large\n"),
+    503: (b"Service Unavailable", b"503 Service Unavailable: shutting down.\n"),
     403: (b"Forbidden", b"403 Forbidden\n"),
     429: (b"Too Many Requests", b"429 Too Many Requests: slow down.\n"),
     502: (b"Bad Gateway", b"502 Bad Gateway: the application did not answer.\n"),
@@ -49,6 +54,10 @@ def classify_error(flow: http.HTTPFlow, state: FlowState) -> ErrorType:
         return "upstream_invalid"
     if message == "Client disconnected." or not flow.client_conn.state & ConnectionState.CAN_READ:
         return "client_disconnect"
+    if flow.request.timestamp_end is None and state.request_counter is None:
+        # refused before Puma was due to be contacted (a buffered request is forwarded only
+        # once complete; a streamed one has its counter): e.g. CONNECT, an invalid header
+        return "request_invalid"
     if flow.server_conn.timestamp_tcp_setup is None:
         return "upstream_connect"
     return "upstream_reset"
@@ -57,14 +66,16 @@ def classify_error(flow: http.HTTPFlow, state: FlowState) -> ErrorType:
 def make_reply(
     status: int, request_id: str, head_only: bool, *, retry_after: int | None = None, body: str | None = None
 ) -> bytes:
-    """A complete HTTP/1.1 response from proxylog itself that closes the connection."""
+    """A complete HTTP/1.1 response from proxylog itself that closes the connection (no
+    X-Request-Id header when `request_id` is empty)."""
     reason, default_body = _REPLIES.get(status, (b"Error", b"%d\n" % status))
     content = default_body if body is None else body.encode("utf-8")
     extra = b"retry-after: %d\r\n" % retry_after if retry_after is not None else b""
+    if request_id:
+        extra = b"x-request-id: %s\r\n%s" % (request_id.encode("ascii"), extra)
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-        b"x-request-id: %s\r\n%sconnection: close\r\n\r\n"
-        % (status, reason, len(content), request_id.encode("ascii"), extra)
+        b"%sconnection: close\r\n\r\n" % (status, reason, len(content), extra)
     )
     return head if head_only else head + content
 
@@ -134,6 +145,10 @@ def reply_to_error(flow: http.HTTPFlow, state: FlowState) -> None:
     if status is not None and write_reply(flow, state, status):
         return
     if error_type == "body_too_large":
-        state.replied_status = 502 if flow.response is not None else 413
+        status = 502 if flow.response is not None else 413
     else:
-        state.replied_status = _MITMPROXY_STATUS.get(error_type)
+        status = _MITMPROXY_STATUS.get(error_type)
+    state.replied_status = status
+    if status is not None and flow.request.http_version.startswith("HTTP/1"):
+        # what GuardedHttp1Server sends in place of mitmproxy's page
+        state.replied_bytes = len(make_reply(status, state.request_id, flow.request.method == "HEAD"))

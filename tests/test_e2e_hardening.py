@@ -1,0 +1,318 @@
+"""End to end hardening: head limits, protocol errors, shutdown, stalled stderr, record accuracy."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import signal
+import socket
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from tests._http import request
+from tests.conftest import Puma, free_port, wait_for_port
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    """Send `data` (from a thread, so a proxy that answers early is read meanwhile) and return
+    everything received until the proxy closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+
+        def send() -> None:
+            with contextlib.suppress(OSError):  # the proxy refused and closed mid-send
+                sock.sendall(data)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass  # closed with our unread bytes still queued: the reply came first
+        sender.join(30)
+    return received
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole response with a Content-Length from a keep-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(
+            line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return data
+
+
+def _responses(raw: bytes) -> int:
+    return raw.count(b"HTTP/1.1 ")
+
+
+def test_oversized_request_head_is_refused_while_it_is_read(start_proxylog, puma: Puma) -> None:
+    """5 MB of header lines get a 431 and a closed connection as soon as limits.header_bytes is
+    passed: one request_invalid record, Puma never sees the request, memory stays bounded."""
+    proxy = start_proxylog({"limits": {"header_bytes": "16k"}})
+    request(proxy.url, "/warmup")
+    before = proxy.rss_kib("VmHWM")
+    head = b"GET /huge-head HTTP/1.1\r\nHost: app\r\n" + b"X-Pad: " + b"a" * 1000 + b"\r\n"
+    raw = _exchange(proxy.port, head + b"X-More: b\r\n" * (5 * 1024 * 1024 // 11) + b"\r\n")
+    assert raw.startswith(b"HTTP/1.1 431 ") and _responses(raw) == 1
+    assert b"mitmproxy" not in raw
+    growth_mib = (proxy.rss_kib("VmHWM") - before) / 1024
+    assert growth_mib < 4, f"peak RSS grew {growth_mib:.1f} MiB reading a 5 MB head"
+    records = proxy.access(count=2)
+    refused = [r for r in records if r["url"]["path"] == "/huge-head"]
+    assert len(refused) == 1
+    assert refused[0]["error"]["type"] == "request_invalid"
+    assert refused[0]["http"]["response"]["status_code"] == 431
+    assert refused[0]["http"]["request"]["method"] == "GET"
+    assert f"x-request-id: {refused[0]['http']['request']['id']}".encode() in raw
+    assert puma.seen("/huge-head") == []
+    assert request(proxy.url, "/after").status == 200
+
+
+def test_head_just_under_the_limit_is_served(start_proxylog) -> None:
+    """A request head under limits.header_bytes reaches Puma as usual."""
+    proxy = start_proxylog({"limits": {"header_bytes": "16k"}})
+    resp = request(proxy.url, "/big-but-fine", headers=[("X-Pad", "a" * 15000)])
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "status", "error_type", "path"),
+    [
+        (
+            "invalid header name",
+            b"GET /badname HTTP/1.1\r\nHost: app\r\nBad Name: v\r\n\r\n",
+            400,
+            "request_invalid",
+            "/badname",
+        ),
+        (
+            "TE+CL",
+            b"POST /tecl HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+            "request_invalid",
+            "/tecl",
+        ),
+        (
+            "CONNECT",
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+            400,
+            "request_invalid",
+            "",
+        ),
+        ("garbage request line", b"GARBAGE <script>\r\n\r\n", 400, "request_invalid", ""),
+        (
+            "body over limits.body_size",
+            b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 2000000\r\n\r\n",
+            413,
+            "body_too_large",
+            "/upload",
+        ),
+    ],
+)
+def test_protocol_errors_get_one_short_proxylog_reply_and_one_record(
+    start_proxylog, puma: Puma, name: str, raw: bytes, status: int, error_type: str, path: str
+) -> None:
+    """Malformed requests get exactly one response, proxylog's own (X-Request-Id, no mitmproxy
+    page, no echo of the input), one record of a client error, and Puma sees nothing."""
+    proxy = start_proxylog({"limits": {"body_size": "1m"}})
+    reply = _exchange(proxy.port, raw)
+    assert reply.startswith(b"HTTP/1.1 %d " % status), name
+    assert _responses(reply) == 1
+    assert b"mitmproxy" not in reply and b"<script>" not in reply and b"Bad Name" not in reply
+    [record] = proxy.access(count=1)
+    assert record["error"]["type"] == error_type
+    assert record["http"]["response"]["status_code"] == status
+    assert record["http"]["response"]["bytes"] == len(reply)
+    assert record["url"]["path"] == path and record["url"]["scheme"] == "http"
+    assert f"x-request-id: {record['http']['request']['id']}".encode() in reply
+    assert puma.seen("/badname") == puma.seen("/tecl") == puma.seen("/upload") == []
+
+
+def test_long_error_message_is_capped_and_flagged(start_proxylog) -> None:
+    """A 40 KB invalid header name yields a short reply and an error.message capped at
+    record.max_field_bytes, listed in proxylog.truncated."""
+    proxy = start_proxylog({"record": {"max_field_bytes": 1024}})
+    reply = _exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: app\r\n" + b"Bad Name" * 5000 + b": v\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400 ") and len(reply) < 512
+    [record] = proxy.access(count=1)
+    assert len(record["error"]["message"].encode()) <= 1024
+    assert record["proxylog"]["truncated"] == ["error.message"]
+
+
+def test_long_path_query_and_user_agent_are_capped_and_flagged(start_proxylog) -> None:
+    """Strings over record.max_field_bytes are cut to it and named in proxylog.truncated."""
+    proxy = start_proxylog({"record": {"max_field_bytes": 256}})
+    resp = request(proxy.url, "/" + "p" * 600 + "?" + "q=" + "x" * 600, headers=[("User-Agent", "u" * 600)])
+    assert resp.status == 200
+    [record] = proxy.access(count=1)
+    assert len(record["url"]["path"]) == len(record["url"]["query"]) == 256
+    assert len(record["user_agent"]["original"]) == 256
+    assert sorted(record["proxylog"]["truncated"]) == ["url.path", "url.query", "user_agent.original"]
+
+
+def test_absolute_form_authority_becomes_the_host_puma_sees(start_proxylog) -> None:
+    """An absolute-form request without Host reaches Puma with Host set from its authority, the
+    same domain the record names (RFC 9112 §3.2.2: the authority wins over Host)."""
+    proxy = start_proxylog()
+    for raw in (
+        b"GET http://shop.example/abs HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET http://shop.example/abs HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    ):
+        reply = _exchange(proxy.port, raw)
+        seen = orjson.loads(reply.split(b"\r\n\r\n", 1)[1])
+        assert seen["host"] == "shop.example" and seen["path"] == "/abs"
+        assert seen["headers"]["HTTP_X_FORWARDED_HOST"] == "shop.example"
+    assert [r["url"]["domain"] for r in proxy.access(count=2)] == ["shop.example", "shop.example"]
+
+
+def test_upstream_and_listen_flags_override_the_config_file(start_proxylog, puma: Puma) -> None:
+    """--upstream and --listen win over the file's upstream and listen."""
+    port = free_port()
+    proxy = start_proxylog(
+        {"upstream": f"http://127.0.0.1:{free_port()}", "listen": f"127.0.0.1:{free_port()}"},
+        args=["--upstream", puma.url, "--listen", f"127.0.0.1:{port}"],
+    )
+    assert proxy.port == port
+    assert request(proxy.url, "/flags").status == 200
+
+
+def _wait_for_line(proxy, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(text in line for line in proxy.stderr_lines):
+        assert time.monotonic() < deadline, f"no stderr line with {text!r}"
+        time.sleep(0.02)
+
+
+def _wait_until_seen(puma: Puma, path: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not puma.seen(path):
+        assert time.monotonic() < deadline, f"Puma never saw {path}"
+        time.sleep(0.02)
+
+
+def test_sigterm_drain_timeout_still_records_requests_in_flight(start_proxylog, puma: Puma) -> None:
+    """A request outlasting timeouts.drain gets a `shutdown` record before the sinks close."""
+    proxy = start_proxylog({"timeouts": {"drain": "200ms"}})
+    path = f"/slow?s=20&drain={time.monotonic_ns()}"
+    slow = threading.Thread(
+        target=lambda: _exchange(proxy.port, b"GET %s HTTP/1.1\r\nHost: app\r\n\r\n" % path.encode())
+    )
+    slow.start()
+    _wait_until_seen(puma, path)
+    assert proxy.stop(signal.SIGTERM) == 0
+    slow.join(30)
+    [record] = proxy.access()
+    assert record["url"]["path"] == "/slow"
+    assert record["error"]["type"] == "shutdown"
+    assert "response" not in record["http"]
+
+
+def _sigterm_while_busy(proxy, puma: Puma, kept: socket.socket) -> threading.Thread:
+    """Serve one request on `kept` (left open, keep-alive), start a 3 s request on another
+    connection, and send SIGTERM once Puma has it. Returns the slow request's thread."""
+    kept.sendall(b"GET /first HTTP/1.1\r\nHost: app\r\n\r\n")
+    assert _read_response(kept).startswith(b"HTTP/1.1 200")
+    path = f"/slow?s=3&busy={time.monotonic_ns()}"
+    slow = threading.Thread(
+        target=lambda: _exchange(proxy.port, b"GET %s HTTP/1.1\r\nHost: app\r\n\r\n" % path.encode())
+    )
+    slow.start()
+    _wait_until_seen(puma, path)
+    proxy.proc.send_signal(signal.SIGTERM)
+    return slow
+
+
+def test_draining_closes_idle_keep_alive_connections(start_proxylog, puma: Puma) -> None:
+    """On SIGTERM an idle keep-alive connection is closed, not left to start new work."""
+    proxy = start_proxylog({"timeouts": {"drain": "20s"}})
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as idle:
+        slow = _sigterm_while_busy(proxy, puma, idle)
+        assert idle.recv(65536) == b""
+    slow.join(30)
+    assert proxy.stop() == 0
+
+
+def test_request_on_a_kept_alive_connection_during_drain_gets_503(start_proxylog, puma: Puma) -> None:
+    """With no header deadline tracking idle connections, a request arriving during the drain
+    is answered 503 with Connection: close and recorded as `shutdown`; Puma never sees it."""
+    proxy = start_proxylog({"timeouts": {"drain": "20s", "header": 0}})
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as conn:
+        slow = _sigterm_while_busy(proxy, puma, conn)
+        _wait_for_line(proxy, "draining in-flight requests")
+        conn.sendall(b"GET /late HTTP/1.1\r\nHost: app\r\n\r\n")
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 503 ") and b"connection: close" in reply
+    slow.join(30)
+    assert proxy.stop() == 0
+    late = [r for r in proxy.access() if r["url"]["path"] == "/late"]
+    assert late[0]["error"]["type"] == "shutdown"
+    assert late[0]["http"]["response"]["status_code"] == 503
+    assert puma.seen("/late") == []
+
+
+def test_sigterm_with_a_stalled_stderr_exits_cleanly(tmp_path: Path, puma: Puma) -> None:
+    """With stderr a pipe nobody reads (full pipe, full log queue), SIGTERM still exits 0 with
+    no traceback: log lines are dropped, never waited for."""
+    port = free_port()
+    config = tmp_path / "proxylog.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "upstream": puma.url,
+                "listen": f"127.0.0.1:{port}",
+                "state_dir": str(tmp_path / "state"),
+                "sinks": [{"type": "file", "path": str(tmp_path / "access.jsonl")}],
+                "log": {"level": "debug"},
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxylog.cli", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stderr is not None
+        wait_for_port(port)
+
+        def pending() -> int:
+            buf = bytearray(4)
+            fcntl.ioctl(proc.stderr, termios.FIONREAD, buf)
+            return int.from_bytes(buf, sys.byteorder)
+
+        sent = 0
+        while pending() < 60000:  # the pipe is (nearly) full...
+            request(f"http://127.0.0.1:{port}", "/noise")
+            sent += 1
+            assert sent < 5000, f"stderr pipe never filled ({pending()} bytes pending)"
+        for _ in range(300):  # ...and the log queue behind it too
+            request(f"http://127.0.0.1:{port}", "/noise")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
