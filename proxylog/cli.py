@@ -100,14 +100,19 @@ def _load(path: str | None) -> Config:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate everything `serve` would, short of binding sockets: the file, the mitmproxy
-    modes, and the secrets sinks, alerts and the TCP control port read (key and token files)."""
+    modes, the rule engine and redactor built from it (intel files read, patterns compiled
+    together), and the secrets sinks, alerts and the TCP control port read."""
     from proxylog.config.ops import ControlSpec
     from proxylog.mitm.master import proxy_modes
+    from proxylog.redact import Redactor
+    from proxylog.rules import RuleEngine
     from proxylog.secrets import read_secret
     from proxylog.sinks import build_sink
 
     config = load_config(args.file)
     proxy_modes(config)
+    Redactor(config.redact)
+    RuleEngine(config.rules, trusted=config.trusted_proxies)  # patterns that only fail together, intel files
     for spec in config.sinks:
         build_sink(spec).close()
     control: ControlSpec = config.control

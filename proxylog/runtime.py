@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxylog.alerts import AlertDispatcher
 from proxylog.bodies import build_body_parser
@@ -120,6 +121,20 @@ class Runtime:
             self.alerts.close()
         self.trusted, self.redactor, self.body_parser, self.engine = trusted, redactor, body_parser, engine
         self.alerts = alerts
+
+    @property
+    def own_ports(self) -> frozenset[int]:
+        """The TCP ports of proxylog's own endpoints (control, metrics): never a destination."""
+        control, metrics = self.config.control.tcp, self.config.metrics.listen
+        return frozenset(address[1] for address in (control, metrics) if address is not None)
+
+    @property
+    def upstream_address(self) -> tuple[str, int] | None:
+        """(host, port) of the reverse-proxy upstream, if any."""
+        if not self.config.upstream:
+            return None
+        url = urlsplit(self.config.upstream)
+        return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
 
     # -- the request path -------------------------------------------------------------------
 

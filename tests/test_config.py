@@ -131,3 +131,21 @@ def test_check_reads_the_secrets_serve_would_need(tmp_path: Path, config: dict) 
     result = _check(path)
     assert result.returncode == 2, result.stdout
     assert "nonexistent" in result.stderr or "PROXYLOG_TEST_UNSET_TOKEN" in result.stderr
+
+
+def test_check_builds_the_rule_engine(tmp_path: Path) -> None:
+    """Patterns that each compile but are too large for re2 to compile together fail `check`
+    (exit 2, naming the field and the rules), as they would fail `serve` and a reload."""
+    rules = [
+        {
+            "id": f"r{i}",
+            "when": {"path": "(" + "|".join(f"w{i}x{j}[a-z]{{3}}q" for j in range(300)) + ")"},
+            "threshold": 1,
+        }
+        for i in range(80)
+    ]
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump({"rules": rules}))
+    result = _check(path)
+    assert result.returncode == 2, result.stdout
+    assert "too large for re2 to compile together" in result.stderr and "r0" in result.stderr

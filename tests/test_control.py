@@ -392,3 +392,33 @@ def test_a_file_in_the_control_sockets_place_is_refused_not_deleted(tmp_path, pu
     assert result.returncode == 1
     assert f"{squatter} exists and is not a socket" in result.stderr
     assert squatter.read_text() == "not a socket"
+
+
+def test_own_ports_are_unreachable_through_a_forward_proxy_mode(tmp_path, start_proxylog, puma) -> None:
+    """In regular (forward proxy) mode the client names the destination: proxylog still never
+    connects to its own control or metrics port, while other destinations work."""
+    token = tmp_path / "token"
+    token.write_text("s3cret-token")
+    control, metrics, listen = free_port(), free_port(), free_port()
+    proxy = start_proxylog(
+        {
+            "modes": [f"regular@127.0.0.1:{listen}"],
+            "control": {"tcp": f"127.0.0.1:{control}", "token_file": str(token)},
+            "metrics": {"listen": f"127.0.0.1:{metrics}"},
+        }
+    )
+    attacks = [
+        f"GET http://127.0.0.1:{metrics}/metrics HTTP/1.1\r\nHost: 127.0.0.1:{metrics}\r\n\r\n",
+        f"POST http://localhost:{control}/mode HTTP/1.1\r\nHost: localhost:{control}\r\n"
+        'Authorization: Bearer s3cret-token\r\nContent-Length: 18\r\n\r\n{"mode":"enforce"}',
+    ]
+    for attack in attacks:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(attack.encode())
+            reply = sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 502"), reply[:200]
+        assert b"proxylog_requests" not in reply and b'"ok":true' not in reply
+    assert ctl_json(proxy, "mode")["mode"] == "monitor"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(f"GET {puma.url}/forward HTTP/1.1\r\nHost: {puma.url[7:]}\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")

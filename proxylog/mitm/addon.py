@@ -248,6 +248,18 @@ class ProxyLog:
             self._upstream_due.arm(flow.id, flow)
 
     @guarded
+    def server_connect(self, data: Any) -> None:
+        """Never open a connection to proxylog's own control or metrics port. In reverse mode
+        only Puma is reachable anyway; in other modes (regular, transparent, …) the client
+        names the destination, so any host on those ports is refused, with no DNS lookup that
+        a hostile name could stall or rebind."""
+        if self.runtime is None or data.server.address is None:
+            return
+        host, port = data.server.address[:2]
+        if port in self.runtime.own_ports and (host, port) != self.runtime.upstream_address:
+            data.server.error = f"proxylog does not connect to its own control or metrics port ({port})"
+
+    @guarded
     def client_connected(self, client: Any) -> None:
         self._headers_due.arm(client.id, client)
 
