@@ -45,6 +45,11 @@ class _DroppingQueueHandler(logging.handlers.QueueHandler):
             _DroppingQueueHandler.dropped += 1
 
 
+def dropped_log_lines() -> int:
+    """proxylog's own log lines dropped because stderr could not keep up."""
+    return _DroppingQueueHandler.dropped
+
+
 class _StderrWriter:
     """The writer thread's sink: whole lines to fd 2 with os.write.
 

@@ -17,6 +17,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import generate_latest
 
+from proxylog._logging import dropped_log_lines
+
 if TYPE_CHECKING:
     from proxylog.runtime import Runtime
 
@@ -103,6 +105,11 @@ class RuntimeCollector:
             "proxylog_header_timeouts",
             "Client connections closed for not sending complete request headers in time.",
             value=metrics.header_timeouts,
+        )
+        yield CounterMetricFamily(
+            "proxylog_log_lines_dropped",
+            "proxylog's own stderr log lines dropped because stderr could not keep up.",
+            value=dropped_log_lines(),
         )
         yield CounterMetricFamily(
             "proxylog_internal_errors",

@@ -239,10 +239,12 @@ def test_control_port_is_unreachable_through_the_proxy(tmp_path, start_proxylog)
 def test_metrics_endpoint_is_scraped_and_parsed(start_proxylog) -> None:
     """The Prometheus endpoint exposes requests by class and action, sink counters, latency and reloads."""
     metrics_port = free_port()
-    proxy = start_proxylog({"metrics": {"listen": f"127.0.0.1:{metrics_port}"}})
+    rules = [{"id": "not-found", "when": {"status": [404]}, "threshold": 1, "action": "tag"}]
+    proxy = start_proxylog({"metrics": {"listen": f"127.0.0.1:{metrics_port}"}, "rules": rules})
     for path in ("/a", "/b", "/status/404", "/status/503"):
         request(proxy.url, path)
     ctl(proxy, "reload")
+    ctl(proxy, "ban", "203.0.113.7", "--ttl", "1h")
     proxy.records(count=5)
     text = request(f"http://127.0.0.1:{metrics_port}", "/metrics").body.decode()
     families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -266,6 +268,16 @@ def test_metrics_endpoint_is_scraped_and_parsed(start_proxylog) -> None:
         "monitor": 1,
         "enforce": 0,
     }
+    hits = {
+        s.labels["rule"]: s.value for s in families["proxylog_rule_hits"].samples if s.name.endswith("_total")
+    }
+    assert hits == {"not-found": 1}
+    assert [s.value for s in families["proxylog_active_bans"].samples] == [1]
+    for family in ("proxylog_sink_queue_depth", "proxylog_sink_dropped", "proxylog_sink_retries"):
+        [sample] = [s for s in families[family].samples if not s.name.endswith("_created")]
+        assert sample.labels == {"sink": f"file:{proxy.records_path}"} and sample.value == 0
+    log_drops = families["proxylog_log_lines_dropped"].samples
+    assert [s.value for s in log_drops if s.name.endswith("_total")] == [0]
 
 
 class _Receiver:
