@@ -82,8 +82,8 @@ class RuleEngine:
         self._response_rules = ResponseIndex([r for r in rules if r.spec.phase == "response"])
         self._has_request_rules = bool(self._request_rules)
         # Per-rule counts are Prometheus counters: they carry over a reload for every rule id kept.
-        kept = previous._stats if previous is not None else {}
-        self._stats = {rule.id: kept.get(rule.id) or RuleStats() for rule in rules}
+        kept: dict[str, RuleStats] = previous._stats if previous is not None else {}
+        self._stats: dict[str, RuleStats] = {rule.id: kept.get(rule.id) or RuleStats() for rule in rules}
         self._bans = Bans(self.store, self._emit)
         self._intel = self._load_intel(spec, now, previous)
         self._runtime_allow: list[str] = list(previous._runtime_allow) if previous is not None else []
