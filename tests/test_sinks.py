@@ -303,6 +303,41 @@ async def test_a_marker_cut_off_by_a_partial_failure_survives_shutdown(tmp_path:
     await replay.close(1)
 
 
+class DownThenHalfSent(MemorySink):
+    """Down once (an outage opens), then sends only the first line of a batch and fails on
+    the rest, as UDP syslog does; then healthy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def write(self, lines: list[bytes]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise SinkError("down")
+        if self.calls == 2:
+            self.lines.extend(lines[:1])
+            raise PartialFailure("send failed", lines[1:])
+        self.lines.extend(lines)
+
+
+async def test_markers_sent_before_a_partial_failure_are_not_repeated(tmp_path: Path) -> None:
+    """The drop marker got through, the recovery marker did not: the loss is announced once,
+    the recovery once, every record once."""
+    sink = DownThenHalfSent()
+    worker = SinkWorker(sink, spec(tmp_path, queue=3, batch=10, overflow="drop"))
+    for i in range(5):
+        worker.submit(line(i))
+    worker.start()
+    await wait_until(lambda: sink.calls >= 3)
+    assert await worker.flush(5)
+    [dropped] = events(sink, "records_dropped")
+    assert dropped["proxylog"]["dropped"]["count"] == 2
+    assert len(events(sink, "sink_recovered")) == 1
+    assert seqs(sink) == [0, 1, 2]
+    await worker.close(1)
+
+
 class CrashingSink(MemorySink):
     """A sink with a bug: raises a plain exception."""
 

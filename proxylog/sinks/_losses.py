@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,11 +35,13 @@ def quarantine_path_for(spec: SinkSpec, state_dir: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """The totals a set of markers announced, and whether they closed an outage."""
+    """The totals a set of markers announced, and whether they closed an outage; `lines`
+    names what each marker line announces ("drops", "quarantined" or "outage")."""
 
     drops: int
     quarantined: int
     outage: bool
+    lines: tuple[tuple[bytes, str], ...] = ()
 
 
 class LossLedger:
@@ -79,7 +81,7 @@ class LossLedger:
         queue_full, failed, quarantined = stats.queue_drops, stats.failed_drops, stats.quarantined
         outage_since = stats.outage_since
         total = queue_full + failed
-        lines = []
+        lines: list[tuple[bytes, str]] = []
         dropped = total - self._reported_drops
         if dropped:
             if self._drops_since is None:
@@ -91,14 +93,15 @@ class LossLedger:
                 "queue_full": queue_full,
                 "failed": failed,
             }
-            lines.append(self._marker("records_dropped", now, dropped=dropped_fields))
+            lines.append((self._marker("records_dropped", now, dropped=dropped_fields), "drops"))
         if quarantined != self._reported_quarantine:
             quarantined_fields = {
                 "count": quarantined - self._reported_quarantine,
                 "total": quarantined,
                 "file": self.quarantine_path,
             }
-            lines.append(self._marker("records_quarantined", now, quarantined=quarantined_fields))
+            marker = self._marker("records_quarantined", now, quarantined=quarantined_fields)
+            lines.append((marker, "quarantined"))
         if outage_since is not None:
             outage_fields = {
                 "since": outage_since,
@@ -106,22 +109,29 @@ class LossLedger:
                 "error": stats.last_error,
                 "records_arrived": stats.submitted - self._outage_submitted,
             }
-            lines.append(self._marker("sink_recovered", now, outage=outage_fields))
-        return lines, Receipt(total, quarantined, outage_since is not None)
+            lines.append((self._marker("sink_recovered", now, outage=outage_fields), "outage"))
+        receipt = Receipt(total, quarantined, outage_since is not None, tuple(lines))
+        return [line for line, _ in lines], receipt
 
     def _marker(self, action: str, now: float, **fields: Any) -> bytes:
         line = encode_document(event_document(action, "process", now, sink=self.name, **fields))
         self._in_flight.add(line)
         return line
 
-    def settle(self, receipt: Receipt) -> None:
-        """The markers of `receipt` reached the sink (or are still among its pending lines)."""
-        self._reported_drops = receipt.drops
-        self._reported_quarantine = receipt.quarantined
-        if receipt.drops == self.stats.dropped:
-            self._drops_since = None
-        if receipt.outage:
+    def settle(self, receipt: Receipt, unsent: Collection[bytes] = ()) -> None:
+        """The markers of `receipt` reached the sink, except those in `unsent` (a partial
+        write): what those announce stays owed, and their lines are forgotten, so the next
+        attempt announces it afresh, once."""
+        owed = {kind for line, kind in receipt.lines if line in unsent}
+        if "drops" not in owed:
+            self._reported_drops = receipt.drops
+            if receipt.drops == self.stats.dropped:
+                self._drops_since = None
+        if "quarantined" not in owed:
+            self._reported_quarantine = receipt.quarantined
+        if receipt.outage and "outage" not in owed:
             self.stats.outage_since = None
+        self._in_flight.difference_update(unsent)
 
     def spooled(self, receipt: Receipt) -> None:
         """The markers of `receipt` wait in the spool for the next run: the losses count as

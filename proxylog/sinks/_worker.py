@@ -252,14 +252,11 @@ class SinkWorker:
             try:
                 self.sink.write([*markers, *pending])
             except PartialFailure as e:
-                # Markers lead the batch: if any is still unwritten, none counts as announced,
-                # and the next attempt carries fresh ones (never a marker left in the hand).
-                sent_markers = set(markers)
-                if any(line in sent_markers for line in e.remaining):
-                    ledger.retract(markers)
-                else:
-                    ledger.settle(receipt)
-                pending = [line for line in e.remaining if line not in sent_markers]
+                # A marker still unwritten announces nothing yet: the next attempt carries a
+                # fresh one in its place, so no marker is ever left in the hand (or repeated).
+                unsent = set(markers).intersection(e.remaining)
+                ledger.settle(receipt, unsent)
+                pending = [line for line in e.remaining if line not in unsent]
                 self._note_failure(e)
             except PoisonBatch as e:
                 ledger.settle(receipt)
