@@ -87,6 +87,7 @@ class Runtime:
             self.workers = [SinkWorker(s, SinkSpec(type="custom", name=s.name)) for s in sinks]
         self._saved_bans: list[Any] | None = None
         self._state_writer: ThreadPoolExecutor | None = None
+        self._reload_lock = asyncio.Lock()
         self._last_save: Future[None] | None = None
         self._sink_health: dict[str, bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -208,7 +209,8 @@ class Runtime:
         """Re-read the config file, validate it whole and swap it in; a bad file keeps the old
         config running. Audited either way; never raises."""
         try:
-            return await self._reload(who)
+            async with self._reload_lock:  # one at a time: a later file never loses to an earlier
+                return await self._reload(who)
         except Exception as e:  # a bug: the old config keeps serving, and the caller hears why
             self.internal_errors += 1
             logger.exception("reload failed unexpectedly")
@@ -244,15 +246,17 @@ class Runtime:
             for worker in started.values():
                 worker.discard()
             return self._reload_failed(who, source, e)
-        stranded = await self._swap_sinks(new, started)
+        # No await until every part is swapped: each request sees the old config or the new.
+        drain, self.config = self.config.timeouts.drain, new
+        for apply in self.hooks.apply:
+            apply(new)
+        replaced = self._route_sinks(new, started)
+        stranded = await self._retire_sinks(replaced, started, drain)
         warnings += tuple(
             f"sink {name} was removed with {count} records left in its spool {path}: "
             "they are delivered when a sink of that name returns"
             for name, count, path in stranded
         )
-        self.config = new
-        for apply in self.hooks.apply:
-            apply(new)
         self.metrics.reloads["ok"] += 1
         extra: dict[str, Any] = {"warnings": list(warnings)}
         if stranded:
@@ -285,17 +289,21 @@ class Runtime:
             raise
         return built
 
-    async def _swap_sinks(
-        self, new: Config, built: dict[SinkSpec, SinkWorker]
-    ) -> list[tuple[str, int, str | None]]:
-        """Keep workers whose spec is unchanged (their queues survive); route records to the
-        new set at once, but start the new workers only once the replaced ones have flushed
-        and closed, so two workers never write one file or stream at the same time. Returns
-        (name, records, spool) for removed sinks that left records in their spool."""
+    def _route_sinks(self, new: Config, built: dict[SinkSpec, SinkWorker]) -> list[SinkWorker]:
+        """Route records to the sinks of `new` at once: workers whose spec is unchanged stay
+        (their queues survive), new ones queue until `_retire_sinks` starts them. Returns the
+        workers replaced or removed."""
         current = {worker.spec: worker for worker in self.workers}
         self.workers = [current.pop(spec) if spec in current else built[spec] for spec in new.sinks]
-        replaced = list(current.values())
-        await asyncio.gather(*(old.close(self.config.timeouts.drain) for old in replaced))
+        return list(current.values())
+
+    async def _retire_sinks(
+        self, replaced: list[SinkWorker], built: dict[SinkSpec, SinkWorker], timeout: float
+    ) -> list[tuple[str, int, str | None]]:
+        """Flush and close the replaced workers, then start the new ones, so two workers never
+        write one file or stream at the same time. Returns (name, records, spool) for removed
+        sinks that left records in their spool."""
+        await asyncio.gather(*(old.close(timeout) for old in replaced))
         for worker in built.values():
             worker.start()
         names = {worker.name for worker in self.workers}

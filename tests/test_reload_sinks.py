@@ -4,6 +4,7 @@ its successor, and a removed sink's undelivered records are announced."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -13,6 +14,8 @@ from typing import Any
 import orjson
 import yaml
 
+from proxylog.config import load_config
+from proxylog.runtime import Runtime
 from tests._http import request
 from tests.conftest import free_port
 from tests.test_control import ctl, documents
@@ -113,3 +116,45 @@ def test_removing_a_sink_with_a_backlog_announces_what_it_left(start_proxylog) -
     assert (
         f"sink collector was removed with 21 records left in its spool {stranded['spool']}" in result.stdout
     )
+
+
+async def test_reload_swaps_every_part_at_once_and_one_at_a_time(tmp_path: Path) -> None:
+    """While a replaced sink is still flushing, requests already see the whole new config
+    (record settings and redaction together); a second reload waits for the first, so the
+    later file wins."""
+    config_path = tmp_path / "proxylog.yaml"
+
+    def write(headers: list[str], batch: int) -> None:
+        sink = {"type": "file", "path": str(tmp_path / "access.jsonl"), "batch": batch}
+        config = {"state_dir": str(tmp_path / "state"), "sinks": [sink]}
+        config["record"] = {"headers": headers}
+        config["redact"] = {"headers": [h for h in headers if h.startswith("x-")]}
+        config_path.write_text(yaml.safe_dump(config))
+
+    write(["referer", "x-pin"], batch=10)
+    runtime = Runtime(load_config(config_path))
+    runtime.start()
+    [old] = runtime.workers
+    closing, release = asyncio.Event(), asyncio.Event()
+    close = old.close
+
+    async def slow_close(timeout: float) -> int:
+        closing.set()
+        await release.wait()
+        return await close(timeout)
+
+    old.close = slow_close  # type: ignore[method-assign]
+    write(["referer"], batch=7)  # a changed sink: its old worker must close first
+    first = asyncio.create_task(runtime.reload("test"))
+    await closing.wait()
+    assert runtime.config.record.headers == ("referer",)
+    assert runtime.redactor.spec == runtime.config.redact
+    write(["referer", "x-later"], batch=7)
+    second = asyncio.create_task(runtime.reload("test"))
+    await asyncio.wait({second}, timeout=1.0)  # time to finish, were it not waiting
+    assert not second.done(), "the second reload waits for the first"
+    release.set()
+    assert (await first).ok and (await second).ok
+    assert runtime.config.record.headers == ("referer", "x-later")
+    assert runtime.redactor.spec == runtime.config.redact
+    await runtime.close(1)
