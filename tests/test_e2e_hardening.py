@@ -85,6 +85,33 @@ def test_oversized_request_head_is_refused_while_it_is_read(start_proxylog, puma
     assert request(proxy.url, "/after").status == 200
 
 
+def test_empty_lines_before_a_head_count_toward_the_limit(start_proxylog, puma: Puma) -> None:
+    """20000 empty lines then an endless line get a 431 once limits.header_bytes is passed,
+    even with no header deadline: one record, and memory stays bounded while the client
+    goes on sending 32 MiB (mitmproxy drops one empty line per read)."""
+    proxy = start_proxylog({"limits": {"header_bytes": "4k"}, "timeouts": {"header": 0}})
+    request(proxy.url, "/warmup")
+    before = proxy.rss_kib("VmHWM")
+    raw = _exchange(proxy.port, b"\r\n" * 20000 + b"A" * (32 * 1024 * 1024))
+    assert raw.startswith(b"HTTP/1.1 431 ") and _responses(raw) == 1
+    growth_mib = (proxy.rss_kib("VmHWM") - before) / 1024
+    assert growth_mib < 64, f"peak RSS grew {growth_mib:.1f} MiB reading empty lines and a 32 MiB line"
+    [refused] = [r for r in proxy.access(count=2) if r["url"]["path"] != "/warmup"]
+    assert refused["error"]["type"] == "request_invalid"
+    assert refused["http"]["response"]["status_code"] == 431
+    assert request(proxy.url, "/after").status == 200
+
+
+def test_a_few_empty_lines_before_a_request_are_ignored(start_proxylog, puma: Puma) -> None:
+    """Empty lines before a request line within limits.header_bytes are skipped (RFC 9112
+    §2.2) and the request reaches Puma."""
+    proxy = start_proxylog({"limits": {"header_bytes": "4k"}})
+    head = b"GET /after-blank-lines HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+    reply = _exchange(proxy.port, b"\r\n\n\r\n" + head)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert puma.seen("/after-blank-lines") == ["/after-blank-lines"]
+
+
 def test_head_just_under_the_limit_is_served(start_proxylog) -> None:
     """A request head under limits.header_bytes reaches Puma as usual."""
     proxy = start_proxylog({"limits": {"header_bytes": "16k"}})

@@ -4,7 +4,6 @@ HTTP/1 server layer with a request-head size limit and proxylog's own error repl
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -15,8 +14,8 @@ from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers.http import HttpLayer
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
-from mitmproxy.proxy.layers.http._events import RequestProtocolError, ResponseProtocolError
-from mitmproxy.proxy.layers.http._http1 import Http1Server
+from mitmproxy.proxy.layers.http._events import RequestHeaders, ResponseProtocolError
+from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from proxylog.identity import is_valid_request_id
@@ -26,8 +25,6 @@ logger = logging.getLogger("proxylog")
 
 # TLS record: alert, TLS 1.0 framing, length 2, fatal (2), handshake_failure (40).
 HANDSHAKE_FAILURE_ALERT = b"\x15\x03\x01\x00\x02\x02\x28"
-# The end of a request head, as h11 (mitmproxy's HTTP/1 parser) finds it.
-_END_OF_HEAD = re.compile(rb"\n\r?\n")
 
 # (client, server, request or None if unparseable, status, message) -> the reply to send.
 RefuseHead = Callable[[Any, Any, http.Request | None, int, str], bytes]
@@ -57,10 +54,12 @@ def refuse_tls_on_plain_listener(nextlayer: layer.NextLayer) -> bool:
 class GuardedHttp1Server(Http1Server):
     """mitmproxy's HTTP/1 server layer with two changes.
 
-    A request head must end within `max_head` bytes: it is checked on every read, so the
-    buffer never holds more than `max_head` plus one read (64 KiB); mitmproxy's own buffer
-    grows without bound. A head that is too large or cannot be parsed never becomes a flow:
-    `refuse` records it and returns the reply, sent before the connection is closed.
+    A request head, counting any empty lines before it, must end within `max_head` bytes.
+    The check runs on every read and scans only the bytes that arrived since the last one,
+    so the buffer never holds more than `max_head` plus one read (64 KiB) and the work is
+    linear in what the client sends; mitmproxy's own buffer grows without bound. A head that
+    is too large or cannot be parsed never becomes a flow: `refuse` records it and returns
+    the reply, sent before the connection is closed.
 
     mitmproxy's error pages (HTML naming mitmproxy, echoing the client's input) are replaced
     by proxylog's short replies carrying the request's X-Request-Id.
@@ -71,6 +70,9 @@ class GuardedHttp1Server(Http1Server):
         self.max_head = max_head
         self.refuse = refuse
         self.refused = False
+        # Bytes of empty lines read before the current head (RFC 9112 §2.2 lets a server
+        # ignore them; mitmproxy drops one per read, which let them dodge the limit).
+        self.skipped = 0
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if self.refused and isinstance(event, events.ConnectionEvent):
@@ -82,25 +84,45 @@ class GuardedHttp1Server(Http1Server):
         yield from super()._handle_event(event)
 
     def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
-        if isinstance(event, events.DataReceived) and len(self.buf) > self.max_head:
-            head = bytes(self.buf)
-            if _END_OF_HEAD.search(head, 0, self.max_head) is None:
-                self.buf.maybe_extract_at_most(len(self.buf))  # free it now
-                request = _request_line(head[: head.find(b"\n")] if b"\n" in head else b"")
-                yield from self._refuse(request, 431, f"request head over {self.max_head} bytes")
+        """mitmproxy's Http1Server.read_headers with the head limit and proxylog's refusals."""
+        if isinstance(event, events.ConnectionClosed):
+            if self.buf:
+                logger.debug("client closed after %d bytes of an incomplete request head", len(self.buf))
+            yield commands.CloseConnection(self.conn)
+            return
+        if not isinstance(event, events.DataReceived):
+            raise AssertionError(f"Unexpected event: {event}")
+        while True:
+            before = len(self.buf)
+            # h11's buffer resumes its search for the blank line where the last one stopped.
+            lines = self.buf.maybe_extract_lines()
+            if lines != []:
+                break
+            self.skipped += before - len(self.buf)  # an empty line before the head
+            if self.skipped > self.max_head:
+                yield from self._refuse(None, 431, f"over {self.max_head} bytes of empty lines")
                 return
-        failed: str | None = None
-        for command in super().read_headers(event):
-            if failed is None and isinstance(command, commands.SendData) and command.connection is self.conn:
-                failed = "malformed request head"  # mitmproxy's error page: replaced below
-            elif failed is None:
-                yield command
-            elif isinstance(command, commands.Log):
-                failed = command.message.partition(": ")[2] or command.message
-            elif isinstance(command, ReceiveHttp) and isinstance(command.event, RequestProtocolError):
-                failed = command.event.message
-        if failed is not None:
-            yield from self._refuse(self.request, 400, failed)
+        if lines is None:
+            if self.skipped + len(self.buf) > self.max_head:
+                data = self.buf.maybe_extract_at_most(len(self.buf)) or b""  # free it now
+                yield from self._refuse(
+                    _request_line(data.partition(b"\n")[0]), 431, f"request head over {self.max_head} bytes"
+                )
+            return
+        if self.skipped + before - len(self.buf) > self.max_head:
+            yield from self._refuse(_request_line(lines[0]), 431, f"request head over {self.max_head} bytes")
+            return
+        self.skipped = 0
+        try:
+            self.request = http1.read_request_head([bytes(line) for line in lines])
+            expected_body_size = http1.expected_http_body_size(self.request)
+        except ValueError as e:
+            yield from self._refuse(self.request, 400, str(e))
+            return
+        yield ReceiveHttp(RequestHeaders(self.stream_id, self.request, expected_body_size == 0))
+        self.body_reader = make_body_reader(expected_body_size)
+        self.state = self.read_body
+        yield from self.state(event)
 
     def _refuse(self, request: http.Request | None, status: int, why: str) -> layer.CommandGenerator[None]:
         self.state = self.done
@@ -128,10 +150,10 @@ class GuardedHttp1Server(Http1Server):
         yield commands.CloseConnection(self.conn)
 
 
-def _request_line(line: bytes) -> http.Request | None:
+def _request_line(line: bytes | bytearray) -> http.Request | None:
     """The request line of a head too large to parse, for the record; None if malformed."""
     try:
-        return http1.read_request_head([line.rstrip(b"\r")])
+        return http1.read_request_head([bytes(line).rstrip(b"\r")])
     except ValueError:
         return None
 
