@@ -173,6 +173,40 @@ def test_protocol_errors_get_one_short_proxylog_reply_and_one_record(
     assert puma.seen("/badname") == puma.seen("/tecl") == puma.seen("/upload") == []
 
 
+def test_refused_request_heads_count_toward_status_rules(start_proxylog, puma: Puma) -> None:
+    """Request heads refused before they become flows (a smuggling probe, an unparseable
+    request line, an oversized head) are observed with the status sent: a rule counting
+    distinct paths answered 400/431 bans the client."""
+    rules = [
+        {
+            "id": "probes",
+            "when": {"status": [400, 431]},
+            "distinct": "path",
+            "threshold": 3,
+            "window": "60s",
+            "action": "block",
+            "ban": "60s",
+        }
+    ]
+    proxy = start_proxylog({"rules": rules, "limits": {"header_bytes": "4k"}}, args=["--enforce"])
+    probes = [
+        b"POST /smuggle-a HTTP/1.1\r\nHost: app\r\nContent-Length: 5, 6\r\n\r\nhello",
+        b"GARBAGE <script>\r\n\r\n",
+        b"GET /smuggle-b HTTP/1.1\r\nHost: app\r\nX-Pad: " + b"a" * 8000 + b"\r\n\r\n",
+    ]
+    assert [_exchange(proxy.port, probe)[:13] for probe in probes] == [
+        b"HTTP/1.1 400 ",
+        b"HTTP/1.1 400 ",
+        b"HTTP/1.1 431 ",
+    ]
+    assert request(proxy.url, "/smuggle-after").status == 403
+    records = proxy.access(count=4)
+    assert [r["url"]["path"] for r in records] == ["/smuggle-a", "", "/smuggle-b", "/smuggle-after"]
+    assert [rule["id"] for rule in records[2]["proxylog"]["rules"]] == ["probes"]
+    assert records[3]["event"]["action"] == "blocked"
+    assert puma.seen("/smuggle") == []
+
+
 def test_long_error_message_is_capped_and_flagged(start_proxylog) -> None:
     """A 40 KB invalid header name yields a short reply and an error.message capped at
     record.max_field_bytes, listed in proxylog.truncated."""

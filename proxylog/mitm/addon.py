@@ -169,8 +169,9 @@ class ProxyLog:
     def refuse_head(
         self, client: Any, server: Any, request: http.Request | None, status: int, why: str
     ) -> bytes:
-        """Record a request head refused before it became a flow (too large, or unparseable)
-        and return proxylog's reply for it. Called by GuardedHttp1Server; never raises."""
+        """Record a request head refused before it became a flow (too large, or unparseable),
+        let the rules observe it with the status sent, and return proxylog's reply for it.
+        Called by GuardedHttp1Server; never raises."""
         runtime = self.runtime
         if runtime is None:
             return make_reply(status, "", head_only=False)
@@ -186,6 +187,8 @@ class ProxyLog:
             flow.request = request
             state = start_flow(flow, runtime.trusted, runtime.config.record)
             state.mode = runtime.mode
+            if runtime.engine.enabled:  # smuggling probes count toward status rules
+                state.facts = facts_from_flow(flow, state, runtime.config.record)
             state.error_type, state.error_message = "request_invalid", why
             answer = make_reply(status, state.request_id, request.method == "HEAD")
             state.replied_status, state.replied_bytes = status, len(answer)
