@@ -73,6 +73,13 @@ async def _status(server: ControlServer, request: Request, args: dict[str, Any])
     }
 
 
+async def _persisted(server: ControlServer, result: dict[str, Any]) -> dict[str, Any]:
+    """`result` once the state file has the change; with a `warning` if it could not be
+    written (the change is live, but a restart would lose it)."""
+    error = await server.runtime.saved()
+    return result if error is None else {**result, "warning": f"{error}: the change is live, not persisted"}
+
+
 async def _mode(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
     mode = args.get("mode")
     if mode is None:
@@ -81,8 +88,7 @@ async def _mode(server: ControlServer, request: Request, args: dict[str, Any]) -
         old = server.runtime.set_mode(str(mode), _who(request))
     except ValueError as e:
         raise CommandError(str(e)) from e
-    await server.runtime.saved()
-    return {"mode": server.runtime.mode, "previous": old}
+    return await _persisted(server, {"mode": server.runtime.mode, "previous": old})
 
 
 async def _bans(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +106,7 @@ async def _ban(server: ControlServer, request: Request, args: dict[str, Any]) ->
         raise CommandError(f"cannot ban {key!r}: {e}") from e
     server.runtime.audit("ban", _who(request), None, asdict(ban))
     server.runtime.persist()
-    await server.runtime.saved()
-    return {"ban": asdict(ban)}
+    return await _persisted(server, {"ban": asdict(ban)})
 
 
 async def _unban(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
@@ -110,8 +115,7 @@ async def _unban(server: ControlServer, request: Request, args: dict[str, Any]) 
     if lifted:
         server.runtime.audit("unban", _who(request), key, None)
         server.runtime.persist()
-        await server.runtime.saved()
-    return {"key": key, "lifted": lifted}
+    return await _persisted(server, {"key": key, "lifted": lifted})
 
 
 async def _allowlist(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
@@ -126,8 +130,7 @@ async def _allow(server: ControlServer, request: Request, args: dict[str, Any]) 
         raise CommandError(f"cannot allowlist {cidr!r}: {e}") from e
     server.runtime.audit("allow", _who(request), None, cidr)
     server.runtime.persist()
-    await server.runtime.saved()
-    return {"allow": server.runtime.engine.allowlist()}
+    return await _persisted(server, {"allow": server.runtime.engine.allowlist()})
 
 
 async def _disallow(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
@@ -136,8 +139,8 @@ async def _disallow(server: ControlServer, request: Request, args: dict[str, Any
     if removed:
         server.runtime.audit("disallow", _who(request), cidr, None)
         server.runtime.persist()
-        await server.runtime.saved()
-    return {"cidr": cidr, "removed": removed, "allow": server.runtime.engine.allowlist()}
+    allow = server.runtime.engine.allowlist()
+    return await _persisted(server, {"cidr": cidr, "removed": removed, "allow": allow})
 
 
 async def _reload(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:

@@ -179,6 +179,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         print(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
     elif payload.get("ok"):
         print(_human(args.command, payload))
+        if "warning" in payload:
+            print(f"proxylog ctl: warning: {payload['warning']}", file=sys.stderr)
     if not payload.get("ok"):
         if not args.json:
             print(f"proxylog ctl: {payload.get('error', f'HTTP {status}')}", file=sys.stderr)

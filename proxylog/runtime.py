@@ -88,7 +88,7 @@ class Runtime:
         self._saved_bans: list[Any] | None = None
         self._state_writer: ThreadPoolExecutor | None = None
         self._reload_lock = asyncio.Lock()
-        self._last_save: Future[None] | None = None
+        self._last_save: Future[str | None] | None = None
         self._sink_health: dict[str, bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -198,12 +198,24 @@ class Runtime:
         self._saved_bans = bans
         if self._state_writer is None:
             self._state_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxylog-state")
-        self._last_save = self._state_writer.submit(_write_state, self.state, self.mode, bans, allow)
+        self._last_save = self._state_writer.submit(self._write_state, self.state, self.mode, bans, allow)
 
-    async def saved(self) -> None:
-        """Wait until every state write requested so far is on disk."""
-        if self._last_save is not None:
-            await asyncio.wrap_future(self._last_save)
+    def _write_state(self, state: StateFile, mode: str, bans: list[Any], allow: list[str]) -> str | None:
+        """On the state thread: write, or log why not and have upkeep try again."""
+        try:
+            state.save(mode, bans, allow)
+        except OSError as e:
+            self._saved_bans = None  # upkeep retries within 10 s
+            logger.error("cannot persist state to %s: %s", state.path, e)
+            return f"cannot persist state to {state.path}: {e.strerror or e}"
+        return None
+
+    async def saved(self) -> str | None:
+        """Wait until every state write requested so far is done; the last one's error, if
+        it failed (the change is live, but would not survive a restart yet)."""
+        if self._last_save is None:
+            return None
+        return await asyncio.wrap_future(self._last_save)
 
     async def reload(self, who: str) -> ReloadResult:
         """Re-read the config file, validate it whole and swap it in; a bad file keeps the old
@@ -388,10 +400,3 @@ class Runtime:
             self.alerts.close()
         lost = await asyncio.gather(*(w.close(timeout) for w in self.workers))
         return sum(lost)
-
-
-def _write_state(state: StateFile, mode: str, bans: list[Any], allow: list[str]) -> None:
-    try:
-        state.save(mode, bans, allow)
-    except OSError as e:
-        logger.error("cannot persist state to %s: %s", state.path, e)

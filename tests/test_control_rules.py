@@ -86,6 +86,24 @@ def test_bans_persist_across_restart(tmp_path, start_proxylog) -> None:
     assert request(again.url, "/still-banned").status == 403
 
 
+def test_a_ban_that_could_not_be_persisted_is_said_and_retried(tmp_path, start_proxylog) -> None:
+    """The state file cannot be replaced: `ctl ban` still bans, warns that the ban is not
+    persisted, and proxylog writes it once the state file can be written again."""
+    state_dir = tmp_path / "state"
+    proxy = start_proxylog({"rules": ALWAYS, "state_dir": str(state_dir)})
+    blocker = state_dir / "state.json"
+    blocker.mkdir(parents=True, exist_ok=True)
+    (blocker / "x").write_text("a directory where the state file goes")
+    result = ctl(proxy, "ban", "203.0.113.7", "--ttl", "1h")
+    assert result.returncode == 0, result.stderr
+    assert "warning: cannot persist state" in result.stderr and "not persisted" in result.stderr
+    assert [b["key"] for b in ctl_json(proxy, "bans")["bans"]] == ["203.0.113.7"]
+    (blocker / "x").unlink()
+    blocker.rmdir()
+    saved = wait_until(lambda: blocker.is_file() and yaml.safe_load(blocker.read_text()), timeout=30)
+    assert [b["key"] for b in saved["bans"]] == ["203.0.113.7"]
+
+
 def test_runtime_allowlist_wins_and_is_audited(start_proxylog) -> None:
     """`ctl allow add` exempts a network at once (even from a ban); `allow remove` undoes it."""
     proxy = start_proxylog({"rules": ALWAYS}, args=["--enforce"])
