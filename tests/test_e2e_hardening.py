@@ -152,6 +152,14 @@ def test_head_just_under_the_limit_is_served(start_proxylog) -> None:
             "body_too_large",
             "/upload",
         ),
+        (
+            "HEAD over limits.body_size, with the client's X-Request-Id",
+            b"HEAD /upload HTTP/1.1\r\nHost: app\r\nX-Request-Id: client-id-0001\r\n"
+            b"Content-Length: 2000000\r\n\r\n",
+            413,
+            "body_too_large",
+            "/upload",
+        ),
     ],
 )
 def test_protocol_errors_get_one_short_proxylog_reply_and_one_record(

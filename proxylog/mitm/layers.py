@@ -18,8 +18,7 @@ from mitmproxy.proxy.layers.http._events import RequestHeaders, ResponseProtocol
 from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from proxylog.identity import is_valid_request_id
-from proxylog.mitm.replies import make_reply
+from proxylog.mitm.replies import error_reply
 
 logger = logging.getLogger("proxylog")
 
@@ -141,12 +140,7 @@ class GuardedHttp1Server(Http1Server):
             return
         status = event.code.http_status_code()
         if not self.response and status is not None:
-            request_id = self.request.headers.get("x-request-id", "") if self.request else ""
-            head_only = self.request is not None and self.request.method == "HEAD"
-            yield commands.SendData(
-                self.conn,
-                make_reply(status, request_id if is_valid_request_id(request_id) else "", head_only),
-            )
+            yield commands.SendData(self.conn, error_reply(self.request, status))
         yield commands.CloseConnection(self.conn)
 
 

@@ -5,7 +5,7 @@ version), and a response set in `requestheaders` still waits for the whole reque
 HTTP/1 clients proxylog therefore writes the complete response itself and kills the flow, so
 mitmproxy just closes the connection. Other clients get a normal mitmproxy response. The
 errors mitmproxy answers itself (invalid requests, body limits) reach HTTP/1 clients as
-`make_reply` too: proxylog's HTTP/1 server layer (layers.py) sends it instead of the page.
+`error_reply`: proxylog's HTTP/1 server layer (layers.py) sends it instead of the page.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 
+from proxylog.identity import is_valid_request_id
 from proxylog.mitm import _connections
 from proxylog.mitm.flows import FlowState
 from proxylog.record import ErrorType
@@ -78,6 +79,15 @@ def make_reply(
         b"%sconnection: close\r\n\r\n" % (status, reason, len(content), extra)
     )
     return head if head_only else head + content
+
+
+def error_reply(request: http.Request | None, status: int) -> bytes:
+    """What an HTTP/1 client gets instead of mitmproxy's error page for `status`: the request's
+    X-Request-Id (set by start_flow; none when there is no valid one) and no body for HEAD.
+    Sent by GuardedHttp1Server and measured for the record, so both see the same bytes."""
+    request_id = request.headers.get("x-request-id", "") if request is not None else ""
+    head_only = request is not None and request.method == "HEAD"
+    return make_reply(status, request_id if is_valid_request_id(request_id) else "", head_only)
 
 
 def write_reply(
@@ -151,4 +161,4 @@ def reply_to_error(flow: http.HTTPFlow, state: FlowState) -> None:
     state.replied_status = status
     if status is not None and flow.request.http_version.startswith("HTTP/1"):
         # what GuardedHttp1Server sends in place of mitmproxy's page
-        state.replied_bytes = len(make_reply(status, state.request_id, flow.request.method == "HEAD"))
+        state.replied_bytes = len(error_reply(flow.request, status))
