@@ -81,10 +81,13 @@ class Runtime:
         self._compile(config, previous=None)
         if sinks is None:
             self.workers = [
-                SinkWorker(build_sink(spec), spec, state_dir=config.state_dir) for spec in config.sinks
+                SinkWorker(build_sink(spec), spec, state_dir=config.state_dir, clean=self._clean_text)
+                for spec in config.sinks
             ]
         else:
-            self.workers = [SinkWorker(s, SinkSpec(type="custom", name=s.name)) for s in sinks]
+            self.workers = [
+                SinkWorker(s, SinkSpec(type="custom", name=s.name), clean=self._clean_text) for s in sinks
+            ]
         self._saved_bans: list[Any] | None = None
         self._state_writer: ThreadPoolExecutor | None = None
         self._reload_lock = asyncio.Lock()
@@ -113,7 +116,7 @@ class Runtime:
                     config.alerts,
                     self.emit_document,
                     clock=self.clock,
-                    clean=lambda text: self.redactor.clean_text(text),
+                    clean=self._clean_text,
                 )
                 if config.alerts
                 else None
@@ -278,9 +281,14 @@ class Runtime:
             logger.warning("reload: %s", warning)
         return ReloadResult(True, warnings=warnings, source=source)
 
+    def _clean_text(self, text: str) -> str:
+        """Free text (an error quoting a collector's reply or a config line) as the current
+        Redactor would log it."""
+        return self.redactor.clean_text(text)
+
     def _reload_failed(self, who: str, source: str, error: ConfigError) -> ReloadResult:
         self.metrics.reloads["failed"] += 1
-        self.audit("reload", who, source, None, ok=False, error=str(error))
+        self.audit("reload", who, source, None, ok=False, error=self._clean_text(str(error)))
         if self.alerts is not None:
             self.alerts.notify("config_reload_failed", "config", source, error=str(error))
         logger.error("reload of %s failed, keeping the running config: %s", source, error)
@@ -294,7 +302,9 @@ class Runtime:
         try:
             for spec in new.sinks:
                 if spec not in running and spec not in built:
-                    built[spec] = SinkWorker(build_sink(spec), spec, state_dir=new.state_dir)
+                    built[spec] = SinkWorker(
+                        build_sink(spec), spec, state_dir=new.state_dir, clean=self._clean_text
+                    )
         except ConfigError:
             for worker in built.values():
                 worker.discard()

@@ -12,8 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
+from proxylog.config.redact import RedactSpec
 from proxylog.config.sinks import RetrySpec, SinkSpec
 from proxylog.errors import SinkError
+from proxylog.redact import Redactor
 from proxylog.sinks import PartialFailure, PoisonBatch, SinkWorker
 from proxylog.sinks._spool import Spool
 from proxylog.sinks.stdout import StdoutSink
@@ -335,6 +337,24 @@ async def test_markers_sent_before_a_partial_failure_are_not_repeated(tmp_path: 
     assert dropped["proxylog"]["dropped"]["count"] == 2
     assert len(events(sink, "sink_recovered")) == 1
     assert seqs(sink) == [0, 1, 2]
+    await worker.close(1)
+
+
+async def test_error_texts_are_redacted_before_they_reach_a_marker(tmp_path: Path) -> None:
+    """A collector's reply quoted in an error can hold request data: the sink_recovered
+    marker and the worker's status carry it redacted."""
+    sink = MemorySink()
+    sink.fail_with = SinkError('HTTP 400: {"doc": "/login?password=hunter2"}')
+    worker = SinkWorker(sink, spec(tmp_path), clean=Redactor(RedactSpec()).clean_text)
+    worker.submit(line(0))
+    worker.start()
+    await wait_until(lambda: worker.stats.retries >= 1)
+    assert "hunter2" not in (worker.stats.last_error or "")
+    sink.fail_with = None
+    await wait_until(lambda: events(sink, "sink_recovered"))
+    [recovered] = events(sink, "sink_recovered")
+    assert recovered["proxylog"]["outage"]["error"].startswith("HTTP 400:")
+    assert "hunter2" not in recovered["proxylog"]["outage"]["error"]
     await worker.close(1)
 
 

@@ -59,8 +59,12 @@ class SinkWorker:
         clock: Callable[[], float] = time.time,
         linger: float = BATCH_LINGER_S,
         retry_initial: float | None = None,
+        clean: Callable[[str], str] = str,
     ) -> None:
+        """`clean` redacts error texts (they can quote a collector's reply) before they reach
+        markers, status, alerts or the log."""
         self.sink = sink
+        self._clean = clean
         self.spec = spec
         self.stats = SinkStats()
         self._clock = clock
@@ -263,7 +267,7 @@ class SinkWorker:
                 rejected = [(line, reason) for line, reason in e.rejected if not ledger.is_marker(line)]
                 self._write_since = None
                 ledger.quarantine(rejected)
-                self.stats.last_error = str(e)
+                self.stats.last_error = self._clean(str(e))
                 self.stats.last_error_at = self._clock()
                 self._finish(records - len(rejected))
                 self._answered()
@@ -322,12 +326,13 @@ class SinkWorker:
     def _note_failure(self, error: SinkError) -> None:
         self.stats.failures += 1
         now = self._clock()
-        if self.stats.healthy or self.stats.last_error != str(error):
-            logger.error("sink %s: %s", self.name, error)
+        text = self._clean(str(error))  # it can quote a collector's reply: it goes in markers
+        if self.stats.healthy or self.stats.last_error != text:
+            logger.error("sink %s: %s", self.name, text)
         if self.stats.outage_since is None and not isinstance(error, PoisonBatch):
             self._ledger.outage_began(now)
         self.stats.healthy = False
-        self.stats.last_error = str(error)
+        self.stats.last_error = text
         self.stats.last_error_at = now
 
     def _run_pump(self) -> None:
