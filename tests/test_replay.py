@@ -14,6 +14,7 @@ from proxylog.cli import main
 from proxylog.config._reader import Node
 from proxylog.config.rules import parse_rules
 from proxylog.record import encode_record
+from proxylog.rules import RuleEngine
 from proxylog.rules.replay import duration, replay
 from proxylog.rules.sources import (
     Skipped,
@@ -141,6 +142,19 @@ def test_replay_uses_record_time_as_the_clock() -> None:
         ("unban", 971186739.0),
     ]
     assert (report.requests, report.would_block, report.blocked) == (5, 1, 1)
+
+
+def test_replays_from_one_template_share_no_counts() -> None:
+    """Each replay borrowing a template engine's intel starts from zero: its rule counts are
+    its own, and the template's stay untouched."""
+    spec = parse_rules(Node(PROBING["rules"], "rules"), None, None)
+    lines = [
+        _combined("1.2.3.4", f"10/Oct/2000:13:55:{s:02d} +0000", f"GET /p{s} HTTP/1.1", 404) for s in range(3)
+    ]
+    template = RuleEngine(spec)
+    reports = [replay(read_entries(lines), spec, template=template) for _ in range(3)]
+    assert [report.rules["probing"]["matched"] for report in reports] == [3, 3, 3]
+    assert template.stats()["rules"]["probing"]["matched"] == 0
 
 
 @pytest.fixture

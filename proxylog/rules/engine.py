@@ -81,8 +81,10 @@ class RuleEngine:
         self._request_rules = RequestIndex([r for r in rules if r.spec.phase == "request"])
         self._response_rules = ResponseIndex([r for r in rules if r.spec.phase == "response"])
         self._has_request_rules = bool(self._request_rules)
-        # Per-rule counts are Prometheus counters: they carry over a reload for every rule id kept.
-        kept: dict[str, RuleStats] = previous._stats if previous is not None else {}
+        # Per-rule counts are Prometheus counters: they carry over a reload for every rule id
+        # kept, with the counters' store (a replay borrowing a template's intel shares nothing).
+        same_store = previous is not None and previous.store is self.store
+        kept: dict[str, RuleStats] = previous._stats if previous is not None and same_store else {}
         self._stats: dict[str, RuleStats] = {rule.id: kept.get(rule.id) or RuleStats() for rule in rules}
         self._bans = Bans(self.store, self._emit)
         self._intel = self._load_intel(spec, now, previous)
@@ -92,7 +94,6 @@ class RuleEngine:
         self._generation = 0
         self._clients: Callable[[str], Client] = functools.lru_cache(maxsize=CLIENT_CACHE)(Client)
         # Flags and episodes belong with the counters: carried only when the store is.
-        same_store = previous is not None and previous.store is self.store
         self._flags: LRUCache[str, dict[str, tuple[float, tuple[str, ...]]]] = (
             previous._flags if previous is not None and same_store else LRUCache(maxsize=MAX_FLAGGED)
         )
