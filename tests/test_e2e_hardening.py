@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import signal
 import socket
 import subprocess
@@ -292,6 +293,53 @@ def test_sigterm_drain_timeout_still_records_requests_in_flight(start_proxylog, 
     assert record["url"]["path"] == "/slow"
     assert record["error"]["type"] == "shutdown"
     assert "response" not in record["http"]
+
+
+# Loaded by the proxylog subprocess at startup (PYTHONPATH): the record of one abandoned
+# request raises, as a proxylog bug would. No real input makes _record fail.
+_FAILING_SHUTDOWN_RECORD = """
+import proxylog.mitm.addon as addon
+
+_real = addon.record_from_flow
+
+
+def record_from_flow(flow, state, *args, **kwargs):
+    if state.error_type == "shutdown" and b"boom=" in flow.request.data.path:
+        raise RuntimeError("injected record failure")
+    return _real(flow, state, *args, **kwargs)
+
+
+addon.record_from_flow = record_from_flow
+"""
+
+
+def test_a_failing_shutdown_record_neither_hangs_the_exit_nor_loses_the_others(
+    start_proxylog, puma: Puma, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When recording one request abandoned at the drain timeout raises, the error is logged
+    and counted, the other abandoned request is still recorded, and SIGTERM exits 0."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(_FAILING_SHUTDOWN_RECORD)
+    monkeypatch.setenv("PYTHONPATH", str(inject), prepend=os.pathsep)
+    proxy = start_proxylog({"timeouts": {"drain": "200ms"}})
+    paths = [f"/slow?s=10&{name}={time.monotonic_ns()}" for name in ("boom", "kept")]
+    slow = []
+    for path in paths:  # in this order, so the failing record comes first
+        slow.append(
+            threading.Thread(
+                target=_exchange, args=(proxy.port, b"GET %s HTTP/1.1\r\nHost: app\r\n\r\n" % path.encode())
+            )
+        )
+        slow[-1].start()
+        _wait_until_seen(puma, path)
+    assert proxy.stop(signal.SIGTERM) == 0
+    for thread in slow:
+        thread.join(30)
+    [record] = proxy.access()
+    assert record["url"]["query"] == paths[1].partition("?")[2]
+    assert record["error"]["type"] == "shutdown"
+    assert any("injected record failure" in line for line in proxy.stderr_lines)
 
 
 def _sigterm_while_busy(proxy, puma: Puma, kept: socket.socket) -> threading.Thread:

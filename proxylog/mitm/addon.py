@@ -131,9 +131,11 @@ class ProxyLog:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        self.abandon_inflight()
-        if self.runtime is not None:
-            await self.runtime.close(self.runtime.config.timeouts.drain)
+        try:
+            self.abandon_inflight()
+        finally:  # the queued records are flushed whatever happened to the in-flight ones
+            if self.runtime is not None:
+                await self.runtime.close(self.runtime.config.timeouts.drain)
 
     async def drain(self, timeout: float) -> bool:
         """Stop taking new work and wait until no request is in flight; False if `timeout` ran
@@ -150,13 +152,18 @@ class ProxyLog:
 
     def abandon_inflight(self) -> None:
         """Record every request still in flight as `shutdown` (called before the sinks close:
-        mitmproxy would otherwise end these flows after proxylog stopped recording)."""
+        mitmproxy would otherwise end these flows after proxylog stopped recording). Never
+        raises: a flow whose record fails is logged and counted, and the others still recorded."""
         for flow in list(self._inflight.values()):
-            state = state_of(flow)
-            if state is not None and not state.done:
-                state.error_type = "shutdown"
-                state.error_message = "proxylog stopped before the request finished"
-                self._finish(flow, state)
+            self._abandon(flow)
+
+    @guarded
+    def _abandon(self, flow: http.HTTPFlow) -> None:
+        state = state_of(flow)
+        if state is not None and not state.done:
+            state.error_type = "shutdown"
+            state.error_message = "proxylog stopped before the request finished"
+            self._finish(flow, state)
 
     @guarded
     def next_layer(self, nextlayer: Any) -> None:

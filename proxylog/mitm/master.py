@@ -252,15 +252,19 @@ class LeanMaster(master.Master):
         asyncio.get_running_loop().create_task(self._graceful_stop())
 
     async def _graceful_stop(self) -> None:
-        ps = self.addons.get("proxyserver")
-        if ps is not None:
-            await ps.servers.update([])  # close the listening sockets; open connections stay
-        timeout = self.config.timeouts.drain
-        if not await self.proxylog.drain(timeout):
-            logger.error(
-                "%d requests still in flight after %.0fs drain timeout",
-                self.proxylog.inflight,
-                timeout,
-            )
-            self.proxylog.abandon_inflight()  # their records, before the sinks close
-        self.shutdown()
+        try:
+            ps = self.addons.get("proxyserver")
+            if ps is not None:
+                await ps.servers.update([])  # close the listening sockets; open connections stay
+            timeout = self.config.timeouts.drain
+            if not await self.proxylog.drain(timeout):
+                logger.error(
+                    "%d requests still in flight after %.0fs drain timeout",
+                    self.proxylog.inflight,
+                    timeout,
+                )
+                self.proxylog.abandon_inflight()  # their records, before the sinks close
+        except Exception:
+            logger.exception("internal error while draining; stopping anyway")
+        finally:  # never left waiting for a second signal
+            self.shutdown()
