@@ -209,6 +209,32 @@ async def test_a_full_spool_drops_with_the_exact_count(tmp_path: Path) -> None:
     await worker.close(1)
 
 
+async def test_losses_to_a_full_spool_at_shutdown_are_announced_by_the_next_run(tmp_path: Path) -> None:
+    """The sink is down until shutdown and the spool is full: the next run replays what the
+    spool kept and announces every record lost, with the exact count, although the marker
+    itself no longer fits under spool_max."""
+    sink = MemorySink()
+    sink.fail_with = SinkError("down")
+    worker = SinkWorker(sink, spec(tmp_path, queue=100, batch=5, spool_max=200))
+    worker.start()
+    for i in range(40):  # about 440 bytes: the spool takes what fits, the rest waits in memory
+        worker.submit(line(i))
+    await wait_until(lambda: worker.stats.spool_depth > 0 and worker.stats.spool_bytes > 150)
+    await worker.close(0.5)
+    lost = worker.stats.dropped
+    assert not sink.lines and lost > 0
+
+    next_run = MemorySink()
+    replay = SinkWorker(next_run, spec(tmp_path, spool_max=200))
+    replay.start()
+    await wait_until(lambda: events(next_run, "records_dropped"))
+    assert await replay.flush(5)
+    [marker] = events(next_run, "records_dropped")
+    assert marker["proxylog"]["dropped"]["count"] == lost
+    assert len(seqs(next_run)) + lost == 40
+    await replay.close(1)
+
+
 class PoisonSink(MemorySink):
     """Refuses lines containing b'ZZBADZZ' (as a collector's 400 would), accepting the rest."""
 

@@ -150,7 +150,7 @@ class Overflow:
             self.stats.failed_drops += len(queued) - moved
             if spool.held and ledger.unreported():
                 markers, receipt = ledger.owed()
-                if spool.append(markers) == len(markers):
+                if spool.append(markers, force=True) == len(markers):
                     ledger.spooled(receipt)
             if spool.depth:
                 logger.warning(

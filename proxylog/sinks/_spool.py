@@ -188,12 +188,13 @@ class Spool:
     def room(self) -> int:
         return max(self.max_bytes - self.bytes, 0)
 
-    def append(self, lines: list[bytes]) -> int:
-        """Append the lines that fit under `max_bytes`, all-or-nothing per write; returns how
-        many were appended (0 when full or when the disk refuses)."""
+    def append(self, lines: list[bytes], *, force: bool = False) -> int:
+        """Append the lines that fit under `max_bytes` (with `force`, all of them: the few
+        marker lines that announce a loss must not be lost to the same full spool); returns
+        how many were appended (0 when full or when the disk refuses)."""
         if not self.acquire():
             return 0
-        count, size, room = 0, 0, self.room()
+        count, size, room = 0, 0, sum(map(len, lines)) if force else self.room()
         for line in lines:
             if size + len(line) > room:
                 break
