@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from proxylog import __version__
-from proxylog.config import LOG_LEVELS, Config, ConfigError, load_config, parse_host_port
+from proxylog.config import LOG_LEVELS, Config, ConfigError, load_config, parse_listen, parse_upstream
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -32,13 +32,6 @@ signal exits at once.
 """
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    try:
-        return parse_host_port(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT like 127.0.0.1:8080, got {text!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proxylog",
@@ -60,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        type=_host_port,
         help="address to accept clients on (default 127.0.0.1:8080)",
     )
     serve.add_argument(
@@ -132,11 +124,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from proxylog.mitm.master import proxy_modes, serve
     from proxylog.redact import Redactor
 
+    # Flags are validated as the config keys they override, before the file is read.
+    upstream = None if args.upstream is None else parse_upstream(args.upstream, "--upstream")
+    listen = None if args.listen is None else parse_listen(args.listen, "--listen")
+
     def flags(config: Config) -> Config:
         """The command-line overrides, applied at start and again to every reloaded config."""
         config = config.with_overrides(
-            upstream=args.upstream,
-            listen=args.listen,
+            upstream=upstream,
+            listen=listen,
             modes=tuple(args.modes) if args.modes else None,
         )
         if args.log_level:
@@ -160,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except ConfigError as e:
-        print(f"proxylog: invalid configuration: {e}", file=sys.stderr)
+        what = "argument" if e.path.startswith("--") else "configuration"
+        print(f"proxylog: invalid {what}: {e}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:
         return EXIT_FAILURE

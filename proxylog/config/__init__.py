@@ -43,7 +43,9 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_host_port",
+    "parse_listen",
     "parse_size",
+    "parse_upstream",
 ]
 
 Mode = Literal["monitor", "enforce"]
@@ -52,6 +54,7 @@ Schema = Literal["nested", "flat"]
 SCHEMAS: tuple[Schema, ...] = ("nested", "flat")
 LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+UPSTREAM_SCHEMES = ("http", "https")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,15 +169,27 @@ _TOP_KEYS = frozenset(
 )
 
 
+def parse_upstream(value: Any, path: str = "upstream") -> str:
+    """An ``http://`` or ``https://`` URL for Puma, from the `upstream:` key or the
+    ``--upstream`` flag (`path` names which); raises ConfigError."""
+    return Node(value, path).url(UPSTREAM_SCHEMES)
+
+
+def parse_listen(value: Any, path: str = "listen") -> tuple[str, int]:
+    """``HOST:PORT`` to accept clients on, from the `listen:` key or the ``--listen`` flag
+    (`path` names which); raises ConfigError."""
+    return Node(value, path).host_port()
+
+
 def parse_config(data: Any, source: str | None = None) -> Config:
     """Validate a parsed YAML document into a Config; raises ConfigError naming the key path."""
     root = Node({} if data is None else data)
     fields = root.fields(_TOP_KEYS)
     kwargs: dict[str, Any] = {"source": source}
     if "upstream" in fields:
-        kwargs["upstream"] = fields.require("upstream").url(("http", "https"))
+        kwargs["upstream"] = parse_upstream(fields.require("upstream").value)
     if "listen" in fields:
-        kwargs["listen"] = fields.require("listen").host_port()
+        kwargs["listen"] = parse_listen(fields.require("listen").value)
     if "modes" in fields:
         kwargs["modes"] = fields.require("modes").strings()
     if "trusted_proxies" in fields:
