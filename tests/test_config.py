@@ -149,3 +149,53 @@ def test_check_builds_the_rule_engine(tmp_path: Path) -> None:
     result = _check(path)
     assert result.returncode == 2, result.stdout
     assert "too large for re2 to compile together" in result.stderr and "r0" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "lines"),
+    [
+        ("redact:\n  keys: [iban]\nmode: monitor\nredact:\n  actions: {}\n", "redact", (1, 4)),
+        ("timeouts:\n  upstream: 1s\n  upstream: 2s\n", "timeouts.upstream", (2, 3)),
+        ("sinks:\n  - type: stdout\n  - type: file\n    path: a\n    path: b\n", "sinks[1].path", (4, 5)),
+        ("record: {schema: flat, schema: nested}\n", "record.schema", (1, 1)),
+    ],
+)
+def test_duplicate_keys_are_errors(tmp_path: Path, text: str, path: str, lines: tuple[int, int]) -> None:
+    """A key given twice at any depth is a ConfigError naming its path and both lines, never
+    a silent last-one-wins (a second `redact:` would drop the first's keys)."""
+    config = tmp_path / "dup.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert err.value.path == path
+    assert f"line {lines[0]} and again at line {lines[1]}" in err.value.message
+    assert str(config) in err.value.message
+
+
+def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    """Overriding a key merged in with `<<:` is YAML's intent, not a duplicate."""
+    config = tmp_path / "merge.yaml"
+    data = "timeouts:\n  <<: {upstream: 5s, drain: 1s}\n  drain: 2s\n"
+    config.write_text(data)
+    assert load_config(config).timeouts.drain == 2.0
+
+
+def test_rule_packs_refuse_duplicate_keys(tmp_path: Path) -> None:
+    """An included rule pack is read with the same loader: a duplicate key in it is an error
+    whose path runs through the include."""
+    (tmp_path / "pack.yaml").write_text("rules:\n  - id: a\n    threshold: 1\n    threshold: 5\n")
+    config = tmp_path / "proxylog.yaml"
+    config.write_text("rules:\n  - include: pack.yaml\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert err.value.path == "rules[0].include(pack.yaml).rules[0].threshold"
+    assert "line 3 and again at line 4" in err.value.message
+
+
+def test_check_refuses_duplicate_keys(tmp_path: Path) -> None:
+    """`proxylog check` exits 2 on a duplicate key, naming it and both lines."""
+    config = tmp_path / "dup.yaml"
+    config.write_text("redact:\n  keys: [iban]\nredact:\n  keys: []\n")
+    result = _check(config)
+    assert result.returncode == 2
+    assert "redact: duplicate key: given at line 1 and again at line 3" in result.stderr

@@ -9,7 +9,15 @@ from typing import Any, Literal
 
 import yaml
 
-from proxylog.config._reader import IPNetwork, Node, optional, parse_duration, parse_host_port, parse_size
+from proxylog.config._reader import (
+    IPNetwork,
+    Node,
+    load_yaml,
+    optional,
+    parse_duration,
+    parse_host_port,
+    parse_size,
+)
 from proxylog.config.ops import (
     AlertSpec,
     ControlSpec,
@@ -227,13 +235,16 @@ def parse_config(data: Any, source: str | None = None) -> Config:
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a YAML file; raises ConfigError for unreadable or invalid files."""
+    """Read and validate a YAML file; raises ConfigError for unreadable or invalid files,
+    including a mapping key given twice."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError("", f"cannot read {os.fspath(path)}: {e}") from e
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except ConfigError as e:
+        raise ConfigError(e.path, f"{e.message} of {os.fspath(path)}") from e
     except yaml.YAMLError as e:
         raise ConfigError("", f"{os.fspath(path)} is not valid YAML: {e}") from e
     return parse_config(data, source=os.fspath(path))

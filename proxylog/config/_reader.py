@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+import yaml
+
 from proxylog.errors import ConfigError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -63,6 +65,57 @@ def parse_host_port(text: str) -> tuple[str, int]:
     elif ":" in host:
         raise ValueError(text)
     return host, int(port_text)
+
+
+class StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping key given twice, at any depth: plain YAML keeps the
+    last one silently, so a second ``redact:`` block would drop the first one's keys.
+    Raises ConfigError naming the key path (after `key_prefix`) and both lines."""
+
+    key_prefix = ""
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        if node is not None:
+            self._refuse_duplicates(node, self.key_prefix, set())
+        return node
+
+    def _refuse_duplicates(self, node: yaml.Node, path: str, seen: set[int]) -> None:
+        if id(node) in seen:  # an alias of a node already checked (or a recursive one)
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._refuse_duplicates(item, f"{path}[{index}]", seen)
+            return
+        if not isinstance(node, yaml.MappingNode):
+            return
+        lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # keys merged in by `<<:` may be overridden
+                continue
+            child = path
+            if isinstance(key_node, yaml.ScalarNode):  # scalars construct to hashable keys
+                key = self.construct_object(key_node)
+                child = f"{path}.{key}" if path else str(key)
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise ConfigError(
+                        child, f"duplicate key: given at line {lines[key]} and again at line {line}"
+                    )
+                lines[key] = line
+            self._refuse_duplicates(value_node, child, seen)
+
+
+def load_yaml(text: str, prefix: str = "") -> Any:
+    """Parse one YAML document with `StrictLoader`; raises yaml.YAMLError for bad syntax and
+    ConfigError (key path after `prefix`) for a duplicate key."""
+    loader = StrictLoader(text)
+    loader.key_prefix = prefix
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 class Node:

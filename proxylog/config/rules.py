@@ -17,7 +17,7 @@ from typing import Any
 import re2
 import yaml
 
-from proxylog.config._reader import Node, optional
+from proxylog.config._reader import Node, load_yaml, optional
 from proxylog.config.rule_specs import (
     ACTIONS,
     DEFAULT_MAX_KEYS,
@@ -39,6 +39,7 @@ from proxylog.config.rule_specs import (
     RuleSpec,
     RulesSpec,
 )
+from proxylog.errors import ConfigError
 
 # An exact window stores up to `threshold` timestamps per key; above this, default to approx.
 EXACT_MAX_THRESHOLD = 100
@@ -136,14 +137,17 @@ class _Parser:
         file_node = fields.require("include")
         path = _resolve(file_node.string(), base)
         exclude = frozenset(fields.require("exclude").strings()) if "exclude" in fields else frozenset()
+        prefix = f"{file_node.path}({file_node.value})"
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = load_yaml(path.read_text(encoding="utf-8"), prefix)
+        except ConfigError as e:
+            raise ConfigError(e.path, f"{e.message} of {str(path)!r}") from e
         except (OSError, UnicodeDecodeError) as e:
             file_node.fail(f"cannot read rule pack {str(path)!r}: {e}")
         except yaml.YAMLError as e:
             file_node.fail(f"rule pack {str(path)!r} is not valid YAML: {e}")
         self.packs.append(str(path))
-        pack = Node(data, f"{file_node.path}({file_node.value})").fields({"rules", "intel", "description"})
+        pack = Node(data, prefix).fields({"rules", "intel", "description"})
         dropped: set[str] = set()
         if "rules" in pack:
             dropped |= self.rule_list(pack.require("rules"), path.parent, nested=True, exclude=exclude)
