@@ -199,3 +199,11 @@ def test_check_refuses_duplicate_keys(tmp_path: Path) -> None:
     result = _check(config)
     assert result.returncode == 2
     assert "redact: duplicate key: given at line 1 and again at line 3" in result.stderr
+
+
+def test_an_upstream_with_credentials_is_refused() -> None:
+    """`upstream` refuses a user or password, and the error does not repeat it."""
+    with pytest.raises(ConfigError) as err:
+        parse_config({"upstream": "http://puma:PASSW0RD99@127.0.0.1:3000"})
+    assert err.value.path == "upstream"
+    assert "user or password" in err.value.message and "PASSW0RD99" not in err.value.message

@@ -160,3 +160,39 @@ def test_errors_name_the_key_path(entries: list[Any], path: str, fragment: str) 
         sinks(*entries)
     assert err.value.path == path
     assert fragment in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("entry", "name"),
+    [
+        ({"type": "http", "url": "http://127.0.0.1:1/_bulk?api_key=KEY98", "index": "x"}, "http:http://127.0.0.1:1/_bulk"),
+        ({"type": "http", "url": "https://es.example/in#frag"}, "http:https://es.example/in"),
+        ({"type": "syslog", "address": "tcp://127.0.0.1:514?key=KEY98"}, "syslog:tcp://127.0.0.1:514"),
+    ],
+)  # fmt: skip
+def test_default_names_drop_the_query(entry: dict[str, Any], name: str) -> None:
+    """A sink's default name (shown in status, metrics labels and errors) never carries the
+    URL's query, where a collector key may sit; the URL itself is kept whole for sending."""
+    [spec] = sinks(entry)
+    assert spec.name == name
+    assert getattr(spec, "url", None) == entry.get("url")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"type": "http", "url": "http://elastic:PASSW0RD99@127.0.0.1:1/_bulk?api_key=KEY98", "index": "x"},
+        {"type": "http", "url": "https://PASSW0RD99@es.example/_bulk", "index": "x"},
+        {"type": "http", "url": "ftp://elastic:PASSW0RD99@es.example/?api_key=KEY98"},
+        {"type": "http", "url": "http://elastic:PASSW0RD99@es.example:port/?api_key=KEY98"},
+        {"type": "syslog", "address": "tls://elastic:PASSW0RD99@127.0.0.1:6514"},
+        {"type": "syslog", "address": "udp://elastic:PASSW0RD99@h?api_key=KEY98"},
+    ],
+)
+def test_urls_with_credentials_are_refused_without_repeating_them(entry: dict[str, Any]) -> None:
+    """A user or password in a sink URL is a ConfigError (credentials belong in token_file or
+    token_env), and no error message repeats the password or the query."""
+    with pytest.raises(ConfigError) as err:
+        sinks(entry)
+    assert err.value.path == ("sinks[0].url" if entry["type"] == "http" else "sinks[0].address")
+    assert "PASSW0RD99" not in str(err.value) and "KEY98" not in str(err.value)

@@ -46,6 +46,16 @@ def parse_size(text: str | int) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
 
 
+def display_url(text: str) -> str:
+    """`text` without any ``user:password@``, query or fragment: what a sink's default name,
+    status and error messages may show of a URL (even one urlsplit would refuse)."""
+    text = re.split(r"[?#]", text.strip(), maxsplit=1)[0]
+    scheme, sep, rest = text.partition("://")
+    if sep and "@" in rest:
+        rest = rest.rpartition("@")[2]
+    return f"{scheme}{sep}{rest}"
+
+
 def unmap_network(net: IPNetwork) -> IPNetwork:
     """An IPv4-mapped IPv6 network (inside ``::ffff:0:0/96``) as the IPv4 network it maps,
     since client addresses are unwrapped to IPv4; any other network unchanged."""
@@ -244,15 +254,24 @@ class Node:
         except ValueError:
             self.fail(f"expected HOST:PORT like 127.0.0.1:8080, got {self.value!r}")
 
-    def url(self, schemes: tuple[str, ...]) -> str:
+    def url(self, schemes: tuple[str, ...], *, hint: str = "") -> str:
+        """A URL of one of `schemes` with a host. Credentials (``user:password@``) are refused
+        (`hint` says where they go instead): they would show wherever the URL does. Errors
+        never repeat them or the query."""
         text = self.string().strip()
+        shown = display_url(text)
         try:
             parts = urlsplit(text)
             port = parts.port
-        except ValueError as e:
-            self.fail(f"invalid URL {text!r}: {e}")
+        except ValueError:
+            self.fail(f"invalid URL {shown!r}")
         if parts.scheme not in schemes or not parts.hostname:
-            self.fail(f"expected a {'/'.join(schemes)} URL like http://127.0.0.1:3000, got {text!r}")
+            self.fail(f"expected a {'/'.join(schemes)} URL like http://127.0.0.1:3000, got {shown!r}")
+        if "@" in parts.netloc:
+            self.fail(
+                f"must not carry a user or password ({parts.scheme}://…@{parts.hostname}): it would"
+                f" show in names, status and logs{hint and '; '}{hint}"
+            )
         del port
         return text
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from proxylog.config._reader import Fields, Node
+from proxylog.config._reader import Fields, Node, display_url
 
 Overflow = Literal["spool", "drop"]
 OVERFLOWS: tuple[Overflow, ...] = ("spool", "drop")
@@ -188,19 +188,22 @@ def _tls(node: Node) -> TlsSpec:
 def _syslog(fields: Fields) -> dict[str, Any]:
     node = fields.require("address")
     text = node.string().strip()
+    shown = display_url(text)
     try:
         parts = urlsplit(text)
         port = parts.port
     except ValueError:
-        node.fail(f"expected udp://, tcp:// or tls://HOST:PORT, got {text!r}")
+        node.fail(f"expected udp://, tcp:// or tls://HOST:PORT, got {shown!r}")
     if parts.scheme not in SYSLOG_TRANSPORTS or not parts.hostname or port is None:
-        node.fail(f"expected udp://, tcp:// or tls://HOST:PORT like tcp://127.0.0.1:514, got {text!r}")
+        node.fail(f"expected udp://, tcp:// or tls://HOST:PORT like tcp://127.0.0.1:514, got {shown!r}")
+    if "@" in parts.netloc:
+        node.fail("must not carry a user or password: syslog has no credentials")
     transport = Node(parts.scheme, node.path).choice(SYSLOG_TRANSPORTS)
     kwargs: dict[str, Any] = {
         "transport": transport,
         "host": parts.hostname,
         "port": port,
-        "name": f"syslog:{text}",
+        "name": f"syslog:{shown}",
     }
     if (facility := fields.get("facility")) is not None:
         kwargs["facility"] = FACILITIES[facility.choice(tuple(FACILITIES))]
@@ -242,8 +245,9 @@ def _pairs(node: Node) -> tuple[tuple[str, str], ...]:
 
 
 def _http(fields: Fields) -> dict[str, Any]:
-    url = fields.require("url").url(("http", "https"))
-    kwargs: dict[str, Any] = {"url": url, "name": f"http:{url}"}
+    url = fields.require("url").url(("http", "https"), hint="give a token in token_file or token_env")
+    # The query may carry a key (?api_key=): the default name, shown in status and metrics, drops it.
+    kwargs: dict[str, Any] = {"url": url, "name": f"http:{display_url(url)}"}
     if (fmt := fields.get("format")) is not None:
         kwargs["format"] = fmt.choice(HTTP_FORMATS)
     if (gzip := fields.get("gzip")) is not None:
@@ -272,7 +276,7 @@ def _http(fields: Fields) -> dict[str, Any]:
     if kwargs.get("format") == "elasticsearch":
         path = urlsplit(url).path.rstrip("/")
         if not path.endswith("/_bulk"):
-            fields.require("url").fail(f"an elasticsearch url ends in /_bulk, got {url!r}")
+            fields.require("url").fail(f"an elasticsearch url ends in /_bulk, got {display_url(url)!r}")
         if path == "/_bulk" and "index" not in kwargs:
             fields.node.fail("elasticsearch needs `index` (or a url like http://host:9200/INDEX/_bulk)")
     if (tls := fields.get("tls")) is not None:
