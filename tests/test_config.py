@@ -61,6 +61,12 @@ def test_an_empty_file_means_defaults() -> None:
         ({"listen": "127.0.0.1:99999"}, "listen", "HOST:PORT"),
         ({"mode": "block"}, "mode", "monitor, enforce"),
         ({"trusted_proxies": ["10.0.0.0/8", "10.0.0/33"]}, "trusted_proxies[1]", "CIDR"),
+        ({"trusted_proxies": ["10.0.0.0/8", "0.0.0.0/0"]}, "trusted_proxies[1]", "too broad to trust"),
+        ({"trusted_proxies": ["::/0"]}, "trusted_proxies[0]", "X-Forwarded-For"),
+        ({"trusted_proxies": "0.0.0.0/0"}, "trusted_proxies", "too broad"),
+        ({"trusted_proxies": ["10.0.0.0/7"]}, "trusted_proxies[0]", "shorter than /8"),
+        ({"trusted_proxies": ["2001::/15"]}, "trusted_proxies[0]", "shorter than /16"),
+        ({"trusted_proxies": ["::ffff:0:0/96"]}, "trusted_proxies[0]", "too broad"),  # all of IPv4
         ({"timeouts": {"upstream": "soon"}}, "timeouts.upstream", "duration"),
         ({"timeouts": {"upstream": -1}}, "timeouts.upstream", "at least"),
         ({"timeouts": {"idle": "0s"}}, "timeouts.idle", "at least"),
@@ -207,3 +213,9 @@ def test_an_upstream_with_credentials_is_refused() -> None:
         parse_config({"upstream": "http://puma:PASSW0RD99@127.0.0.1:3000"})
     assert err.value.path == "upstream"
     assert "user or password" in err.value.message and "PASSW0RD99" not in err.value.message
+
+
+def test_the_broadest_trusted_proxies_allowed() -> None:
+    """A /8 of IPv4 and a /16 of IPv6 are still accepted as trusted proxies."""
+    config = parse_config({"trusted_proxies": ["10.0.0.0/8", "fd00::/16"]})
+    assert [net.prefixlen for net in config.trusted_proxies] == [8, 16]

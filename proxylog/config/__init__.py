@@ -201,7 +201,7 @@ def parse_config(data: Any, source: str | None = None) -> Config:
     if "modes" in fields:
         kwargs["modes"] = fields.require("modes").strings()
     if "trusted_proxies" in fields:
-        kwargs["trusted_proxies"] = fields.require("trusted_proxies").networks()
+        kwargs["trusted_proxies"] = _parse_trusted_proxies(fields.require("trusted_proxies"))
     if "mode" in fields:
         kwargs["mode"] = fields.require("mode").choice(MODES)
     if "timeouts" in fields:
@@ -248,6 +248,25 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except yaml.YAMLError as e:
         raise ConfigError("", f"{os.fspath(path)} is not valid YAML: {e}") from e
     return parse_config(data, source=os.fspath(path))
+
+
+# Shorter prefixes trust (nearly) the whole internet's X-Forwarded-For: any client could
+# then pick the IP it is logged, rate-limited and banned as.
+_MIN_TRUSTED_PREFIX = {4: 8, 6: 16}
+
+
+def _parse_trusted_proxies(node: Node) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in node.items():
+        net = item.network()
+        if net.prefixlen < _MIN_TRUSTED_PREFIX[net.version]:
+            item.fail(
+                f"{net} is too broad to trust (prefix shorter than /{_MIN_TRUSTED_PREFIX[net.version]}):"
+                " every client could choose its own IP with X-Forwarded-For; list your proxies'"
+                " addresses or subnets"
+            )
+        networks.append(net)
+    return tuple(networks)
 
 
 def _parse_timeouts(node: Node) -> TimeoutSpec:
