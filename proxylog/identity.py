@@ -116,7 +116,9 @@ class TrustedProxies:
         return ClientIdentity(chain[0], peer, tuple(chain))
 
 
-_REQUEST_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:@+=/"
+# What Rails' ActionDispatch::RequestId keeps (it strips anything outside [\w\-@]): an id
+# with other characters would be logged by Rails differently from the record.
+_REQUEST_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_@"
 MAX_REQUEST_ID = 128
 _RANDOM_A = 0xFFF << 62
 _RANDOM_B = (1 << 62) - 1
@@ -138,5 +140,5 @@ def new_request_id() -> str:
 
 
 def is_valid_request_id(value: str) -> bool:
-    """True for 1 to 128 characters of letters, digits and ``-_.:@+=/`` (what Rails keeps too)."""
+    """True for 1 to 128 ASCII letters, digits, ``_``, ``-`` and ``@``: ids Rails keeps as they are."""
     return 0 < len(value) <= MAX_REQUEST_ID and not value.strip(_REQUEST_ID_CHARS)

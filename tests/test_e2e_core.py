@@ -115,7 +115,13 @@ def test_host_header_is_preserved(start_proxylog) -> None:
 
 @pytest.mark.parametrize(
     ("sent", "kept"),
-    [("req-123_abc.def", True), ("bad id with spaces", False), ("x" * 200, False), (None, False)],
+    [
+        ("req-123_abc@def", True),
+        ("token=S17", False),
+        ("bad id with spaces", False),
+        ("x" * 200, False),
+        (None, False),
+    ],
 )
 def test_request_id_round_trip(start_proxylog, sent: str | None, kept: bool) -> None:
     """A well-formed X-Request-Id reaches Puma and comes back; otherwise one is generated."""
