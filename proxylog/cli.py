@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 
 from proxylog import __version__
-from proxylog.config import LOG_LEVELS, Config, ConfigError, load_config, parse_listen, parse_upstream
+from proxylog.config import (
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    FileSpec,
+    load_config,
+    parse_listen,
+    parse_upstream,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -90,10 +100,42 @@ def _load(path: str | None) -> Config:
     return load_config(path) if path else Config()
 
 
+def _check_creatable_dir(directory: str, key: str) -> None:
+    """Raise ConfigError(`key`) unless `directory` is, or could be made, a writable directory.
+    Probes by creating and removing a temporary directory in it or, if it is missing, in its
+    nearest existing ancestor: nothing is left behind (`serve` creates what is missing)."""
+    target = os.path.abspath(os.path.expanduser(directory))
+    probe = target
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(key, f"cannot create {directory!r}: {probe!r} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".proxylog-check-", dir=probe))
+    except OSError as e:
+        verb = "write to" if probe == target else f"create {directory!r} in"
+        raise ConfigError(key, f"cannot {verb} {probe!r}: {e.strerror or e}") from e
+
+
+def _check_paths(config: Config) -> None:
+    """The state directory and each sink's own file, spool and quarantine directories."""
+    _check_creatable_dir(config.state_dir, "state_dir")
+    for index, spec in enumerate(config.sinks):
+        if isinstance(spec, FileSpec):
+            _check_creatable_dir(os.path.dirname(os.path.abspath(spec.path)), f"sinks[{index}].path")
+        if spec.spool is not None:
+            _check_creatable_dir(spec.spool, f"sinks[{index}].spool")
+        if spec.quarantine is not None:
+            _check_creatable_dir(
+                os.path.dirname(os.path.abspath(spec.quarantine)), f"sinks[{index}].quarantine"
+            )
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate everything `serve` would, short of binding sockets: the file, the mitmproxy
     modes, the rule engine and redactor built from it (intel files read, patterns compiled
-    together), and the secrets sinks, alerts and the TCP control port read."""
+    together), the secrets sinks, alerts and the TCP control port read, and that the state
+    directory and file sinks' directories can be created and written."""
     from proxylog.config.ops import ControlSpec
     from proxylog.mitm.master import proxy_modes
     from proxylog.redact import Redactor
@@ -102,6 +144,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from proxylog.sinks import build_sink
 
     config = load_config(args.file)
+    _check_paths(config)
     proxy_modes(config)
     Redactor(config.redact)
     RuleEngine(config.rules, trusted=config.trusted_proxies)  # patterns that only fail together, intel files

@@ -219,3 +219,39 @@ def test_the_broadest_trusted_proxies_allowed() -> None:
     """A /8 of IPv4 and a /16 of IPv6 are still accepted as trusted proxies."""
     config = parse_config({"trusted_proxies": ["10.0.0.0/8", "fd00::/16"]})
     assert [net.prefixlen for net in config.trusted_proxies] == [8, 16]
+
+
+@pytest.mark.parametrize(
+    ("config", "path"),
+    [
+        ({"state_dir": "/proc/nope"}, "state_dir"),
+        ({"state_dir": "{tmp}/a-file/state"}, "state_dir"),
+        ({"sinks": [{"type": "file", "path": "/proc/nope/logs/access.jsonl"}]}, "sinks[0].path"),
+        ({"sinks": [{"type": "stdout", "spool": "/proc/nope/spool"}]}, "sinks[0].spool"),
+    ],
+)
+def test_check_fails_on_directories_serve_cannot_create(tmp_path: Path, config: dict, path: str) -> None:
+    """`proxylog check` exits 2, naming the key, when the state directory or a file sink's
+    directory could not be created, as `serve` would then fail."""
+    (tmp_path / "a-file").write_text("")
+    config = {k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in config.items()}
+    if "state_dir" not in config:
+        config["state_dir"] = str(tmp_path / "state")
+    file = tmp_path / "dirs.yaml"
+    file.write_text(yaml.safe_dump(config))
+    result = _check(file)
+    assert result.returncode == 2, result.stdout
+    assert f"{path}: cannot" in result.stderr
+
+
+def test_check_creates_nothing(tmp_path: Path) -> None:
+    """Missing but creatable directories pass `check`, which leaves them uncreated."""
+    config = {
+        "state_dir": str(tmp_path / "state" / "proxylog"),
+        "sinks": [{"type": "file", "path": str(tmp_path / "logs" / "access.jsonl")}],
+    }
+    file = tmp_path / "dirs.yaml"
+    file.write_text(yaml.safe_dump(config))
+    result = _check(file)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dirs.yaml"]
