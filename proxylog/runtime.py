@@ -72,6 +72,9 @@ class Runtime:
         self.flags = flags
         self.clock = clock
         self.mode = config.mode
+        # The mode an operator chose (`ctl mode`, `serve --enforce`): it outlives restarts and
+        # reloads. None: the config's `mode:` decides.
+        self.mode_override: str | None = None
         self.started = clock()
         self.internal_errors = 0
         self.metrics = RequestMetrics()
@@ -163,25 +166,46 @@ class Runtime:
         self.emit_document(event_document(f"audit.{command}", "configuration", self.clock(), audit=audit))
 
     def set_mode(self, mode: str, who: str) -> str:
-        """Switch monitor ↔ enforce now (the next request sees it); audited and persisted.
-        Returns the previous mode; raises ValueError for an unknown mode."""
+        """Switch monitor ↔ enforce now (the next request sees it); audited, and persisted as
+        the operator's choice over the config's `mode:`. Returns the previous mode; raises
+        ValueError for an unknown mode."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         old, self.mode = self.mode, mode
+        self.mode_override = mode
         self.audit("mode", who, old, mode)
         self.persist()
         return old
+
+    def _follow_config_mode(self, new: Config, who: str) -> str | None:
+        """After a reload: the config's `mode:` applies unless an operator chose the mode;
+        then a warning says which mode stays and why."""
+        if self.mode_override is None:
+            if new.mode != self.mode:
+                old, self.mode = self.mode, new.mode
+                self.audit("mode", who, old, new.mode, source="config")
+            return None
+        if new.mode != self.mode_override:
+            return (
+                f"mode: the config says {new.mode}, but {self.mode_override} was set with "
+                f"`proxylog ctl mode` or --enforce and stays; `proxylog ctl mode {new.mode}` to change it"
+            )
+        return None
 
     def restore(self) -> None:
         """Reinstate the persisted mode and bans (at start-up, before serving)."""
         if self.state is None:
             return
         saved = self.state.load()
-        if saved.get("mode") in MODES and saved["mode"] != self.mode:
-            logger.warning(
-                "mode %s restored from %s (config says %s)", saved["mode"], self.state.path, self.mode
-            )
-            self.mode = saved["mode"]
+        if saved.get("mode") in MODES:
+            if saved["mode"] != self.mode:
+                logger.warning(
+                    "mode %s restored from %s, set with `proxylog ctl mode` (the config says %s)",
+                    saved["mode"],
+                    self.state.path,
+                    self.mode,
+                )
+            self.mode = self.mode_override = saved["mode"]
         self.engine.restore_bans(self.state.bans(saved))
         for cidr in saved.get("allow", []):
             try:
@@ -201,9 +225,13 @@ class Runtime:
         self._saved_bans = bans
         if self._state_writer is None:
             self._state_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="proxylog-state")
-        self._last_save = self._state_writer.submit(self._write_state, self.state, self.mode, bans, allow)
+        self._last_save = self._state_writer.submit(
+            self._write_state, self.state, self.mode_override, bans, allow
+        )
 
-    def _write_state(self, state: StateFile, mode: str, bans: list[Any], allow: list[str]) -> str | None:
+    def _write_state(
+        self, state: StateFile, mode: str | None, bans: list[Any], allow: list[str]
+    ) -> str | None:
         """On the state thread: write, or log why not and have upkeep try again."""
         try:
             state.save(mode, bans, allow)
@@ -265,6 +293,8 @@ class Runtime:
         drain, self.config = self.config.timeouts.drain, new
         for apply in self.hooks.apply:
             apply(new)
+        if mode_warning := self._follow_config_mode(new, who):
+            warnings += (mode_warning,)
         replaced = self._route_sinks(new, started)
         stranded = await self._retire_sinks(replaced, started, drain)
         warnings += tuple(

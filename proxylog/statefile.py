@@ -43,10 +43,14 @@ class StateFile:
                 logger.error("ignoring malformed persisted ban %r", item)
         return bans
 
-    def save(self, mode: str, bans: list[Ban], allow: list[str]) -> None:
-        """Replace the file atomically; raises OSError."""
+    def save(self, mode: str | None, bans: list[Ban], allow: list[str]) -> None:
+        """Replace the file atomically; raises OSError. `mode` is the operator's choice (None:
+        the config's `mode:` decides at start-up)."""
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        data = orjson.dumps({"mode": mode, "bans": [asdict(b) for b in bans], "allow": allow})
+        state: dict[str, object] = {"bans": [asdict(b) for b in bans], "allow": allow}
+        if mode is not None:
+            state["mode"] = mode
+        data = orjson.dumps(state)
         tmp = f"{self.path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:

@@ -434,3 +434,25 @@ def test_own_ports_are_unreachable_through_a_forward_proxy_mode(tmp_path, start_
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(f"GET {puma.url}/forward HTTP/1.1\r\nHost: {puma.url[7:]}\r\n\r\n".encode())
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_the_configs_mode_applies_until_an_operator_chooses_one(tmp_path, start_proxylog) -> None:
+    """Without `ctl mode`, a reload or a restart follows the config's `mode:`; once an
+    operator switched, that choice stays, and a reload that disagrees says so."""
+    state_dir = tmp_path / "state"
+    proxy = start_proxylog({"state_dir": str(state_dir), "mode": "monitor"})
+    rewrite_config(proxy, mode="enforce")
+    assert ctl(proxy, "reload").returncode == 0
+    assert ctl_json(proxy, "mode")["mode"] == "enforce"
+    [audit] = documents(proxy, "audit.mode")
+    assert audit["proxylog"]["audit"]["source"] == "config"
+    rewrite_config(proxy, mode="monitor")
+    assert proxy.stop() == 0
+    restarted = start_proxylog(yaml.safe_load(proxy.config_path.read_text()))
+    assert ctl_json(restarted, "mode")["mode"] == "monitor", "nobody chose a mode: the config decides"
+
+    assert ctl(restarted, "mode", "enforce").returncode == 0
+    rewrite_config(restarted, mode="monitor")
+    result = ctl(restarted, "reload")
+    assert "the config says monitor, but enforce was set with `proxylog ctl mode`" in result.stdout
+    assert ctl_json(restarted, "mode")["mode"] == "enforce"
