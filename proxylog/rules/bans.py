@@ -3,6 +3,7 @@ through every banned prefix, expiry, and the operator's ban/unban/restore."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 
@@ -10,6 +11,10 @@ from proxylog.config.rule_specs import EscalateSpec
 from proxylog.rules._types import Ban, RuleEvent
 from proxylog.rules.clients import Client, normalize_key
 from proxylog.state import Store
+
+# An operator's ban may cover at most a /8 of IPv4 or a /16 of IPv6 (`ctl ban 0.0.0.0/0`
+# would block everyone).
+WIDEST_MANUAL_BAN = {4: 8, 6: 16}
 
 logger = logging.getLogger("proxylog")
 
@@ -72,7 +77,15 @@ class Bans:
         a TTL that is not positive, or a full table."""
         if not ttl > 0:
             raise ValueError(f"a ban needs a positive TTL, got {ttl!r}")
-        ban = Ban(key=normalize_key(key), rule=rule, since=now, until=now + ttl, reason=reason)
+        key = normalize_key(key)
+        if "/" in key:
+            net = ipaddress.ip_network(key)
+            if net.prefixlen < WIDEST_MANUAL_BAN[net.version]:
+                raise ValueError(
+                    f"{key} is wider than /{WIDEST_MANUAL_BAN[net.version]}: "
+                    "a ban that size would block most of the internet; ban narrower ranges"
+                )
+        ban = Ban(key=key, rule=rule, since=now, until=now + ttl, reason=reason)
         if not self.store.bans.put(ban):
             raise ValueError("the ban table is full")
         self.emit(RuleEvent("ban", rule, ban.key, now, until=ban.until))
