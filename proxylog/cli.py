@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
+import signal
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from proxylog import __version__
-from proxylog.config import (
-    LOG_LEVELS,
-    Config,
-    ConfigError,
-    FileSpec,
-    load_config,
-    parse_listen,
-    parse_upstream,
-)
+from proxylog.errors import ConfigError
+
+if TYPE_CHECKING:
+    from proxylog.config import Config
+
+# Heavier modules (proxylog.config, asyncio, the subcommands) are imported where they are
+# used, so `serve` holds its signals (main) within milliseconds of starting.
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -38,11 +37,14 @@ examples:
 Flags override the config file. Records go to the sinks in the config (stdout by
 default); proxylog's own diagnostics go to stderr. SIGTERM or SIGINT stops accepting,
 lets in-flight requests finish (timeouts.drain), flushes the sinks and exits 0; a second
-signal exits at once.
+signal exits at once. SIGHUP reloads the config and reopens files; before proxylog listens,
+SIGHUP is ignored and SIGTERM or SIGINT exit 0 at once.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from proxylog.config import LOG_LEVELS
+
     parser = argparse.ArgumentParser(
         prog="proxylog",
         description=DESCRIPTION,
@@ -97,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str | None) -> Config:
+    from proxylog.config import Config, load_config
+
     return load_config(path) if path else Config()
 
 
@@ -104,6 +108,8 @@ def _check_creatable_dir(directory: str, key: str) -> None:
     """Raise ConfigError(`key`) unless `directory` is, or could be made, a writable directory.
     Probes by creating and removing a temporary directory in it or, if it is missing, in its
     nearest existing ancestor: nothing is left behind (`serve` creates what is missing)."""
+    import tempfile
+
     target = os.path.abspath(os.path.expanduser(directory))
     probe = target
     while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
@@ -119,6 +125,8 @@ def _check_creatable_dir(directory: str, key: str) -> None:
 
 def _check_paths(config: Config) -> None:
     """The state directory and each sink's own file, spool and quarantine directories."""
+    from proxylog.config import FileSpec
+
     _check_creatable_dir(config.state_dir, "state_dir")
     for index, spec in enumerate(config.sinks):
         if isinstance(spec, FileSpec):
@@ -136,6 +144,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     modes, the rule engine and redactor built from it (intel files read, patterns compiled
     together), the secrets sinks, alerts and the TCP control port read, and that the state
     directory and file sinks' directories can be created and written."""
+    from proxylog.config import load_config
     from proxylog.config.ops import ControlSpec
     from proxylog.mitm.master import proxy_modes
     from proxylog.redact import Redactor
@@ -161,12 +170,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
     from dataclasses import replace
 
     from proxylog._logging import setup_logging
+    from proxylog.config import parse_listen, parse_upstream
     from proxylog.mitm.master import proxy_modes, serve
     from proxylog.redact import Redactor
 
+    hold_signals()  # main did already for `proxylog serve`; again for any other caller
     # Flags are validated as the config keys they override, before the file is read.
     upstream = None if args.upstream is None else parse_upstream(args.upstream, "--upstream")
     listen = None if args.listen is None else parse_listen(args.listen, "--listen")
@@ -192,7 +204,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         listener.stop()
 
 
+def _exit_at_once(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(EXIT_OK)
+
+
+def hold_signals() -> None:
+    """Until `serve`'s master installs its own handlers: ignore SIGHUP, whose default action
+    would kill the process silently (a logrotate or `systemctl reload` racing the start),
+    and make SIGTERM/SIGINT exit 0 at once, since nothing has started that needs draining."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_at_once)
+    signal.signal(signal.SIGINT, _exit_at_once)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # before the parser imports every subcommand (~0.5 s)
+        hold_signals()
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
