@@ -74,6 +74,7 @@ class HttpSink:
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._https else 80)
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._where = parts._replace(query="", fragment="").geturl()  # errors never show ?api_key=…
         self._tls = None
         if self._https:
             self._tls = build_tls_context(spec.tls) if spec.tls else ssl.create_default_context()
@@ -161,7 +162,7 @@ class HttpSink:
             return [True] * len(lines)
         detail = reply[:200].decode("utf-8", "replace").strip()
         if status in RETRY_STATUSES or status >= 500 or status < 200:
-            raise SinkError(f"{self.spec.url} answered {status}: {detail}")
+            raise SinkError(f"{self._where} answered {status}: {detail}")
         raise _Refused(f"HTTP {status}: {detail}")
 
     def _request(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -181,7 +182,7 @@ class HttpSink:
                     and isinstance(e, http.client.RemoteDisconnected | BrokenPipeError)
                 ):
                     continue
-                raise SinkError(f"{self.spec.url} unreachable: {_reason(e)}") from e
+                raise SinkError(f"{self._where} unreachable: {_reason(e)}") from e
             self.requests += 1
             if response.will_close:
                 self._disconnect()
