@@ -37,8 +37,8 @@ examples:
 Flags override the config file. Records go to the sinks in the config (stdout by
 default); proxylog's own diagnostics go to stderr. SIGTERM or SIGINT stops accepting,
 lets in-flight requests finish (timeouts.drain), flushes the sinks and exits 0; a second
-signal exits at once. SIGHUP reloads the config and reopens files; before proxylog listens,
-SIGHUP is ignored and SIGTERM or SIGINT exit 0 at once.
+signal skips the rest of the drain. SIGHUP reloads the config and reopens files; before
+proxylog listens, SIGHUP is ignored and SIGTERM or SIGINT exit 0 at once.
 """
 
 
@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a mitmproxy mode spec (e.g. transparent@8080) served instead of reverse; repeatable",
     )
     serve.add_argument(
-        "--enforce", action="store_true", help="start in enforce mode (default: the config's mode)"
+        "--enforce",
+        action="store_true",
+        help="start in enforce mode, and keep it as the operator's choice (default: a mode set "
+        "earlier with `proxylog ctl mode`, else the config's mode:)",
     )
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="stderr diagnostics level")
     serve.set_defaults(func=cmd_serve)
