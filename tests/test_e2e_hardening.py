@@ -449,3 +449,19 @@ def test_sigterm_with_a_stalled_stderr_exits_cleanly(tmp_path: Path, puma: Puma)
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_a_client_sending_ahead_of_its_answer_is_cut_off(start_proxylog, puma: Puma) -> None:
+    """While Puma is still answering, mitmproxy buffers whatever the client sends next: more
+    than limits.header_bytes of it gets a 400 and the connection closed, instead of growing
+    memory; the request's record says why."""
+    proxy = start_proxylog({"limits": {"header_bytes": "16k"}})
+    request(proxy.url, "/warmup")
+    before = proxy.rss_kib("VmHWM")
+    raw = _exchange(proxy.port, b"GET /slow?s=3 HTTP/1.1\r\nHost: app\r\n\r\n" + b"A" * (64 * 1024 * 1024))
+    assert raw.startswith(b"HTTP/1.1 400 ") and _responses(raw) == 1
+    growth_mib = (proxy.rss_kib("VmHWM") - before) / 1024
+    assert growth_mib < 32, f"peak RSS grew {growth_mib:.1f} MiB buffering a pipelined flood"
+    [record] = [r for r in proxy.access(count=2) if r["url"]["path"] == "/slow"]
+    assert record["http"]["response"]["status_code"] == 400
+    assert record["error"]["message"] == "the client sent over 16384 bytes ahead of its answer"

@@ -14,7 +14,12 @@ from mitmproxy.net.tls import starts_like_tls_record
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers.http import HttpLayer
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
-from mitmproxy.proxy.layers.http._events import RequestHeaders, ResponseProtocolError
+from mitmproxy.proxy.layers.http._events import (
+    ErrorCode,
+    RequestHeaders,
+    RequestProtocolError,
+    ResponseProtocolError,
+)
 from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
@@ -56,7 +61,9 @@ class GuardedHttp1Server(Http1Server):
     A request head, counting any empty lines before it, must end within `max_head` bytes.
     The check runs on every read and scans only the bytes that arrived since the last one,
     so the buffer never holds more than `max_head` plus one read (64 KiB) and the work is
-    linear in what the client sends; mitmproxy's own buffer grows without bound. A head that
+    linear in what the client sends; mitmproxy's own buffer grows without bound. The same
+    bound holds while a request is being answered: a client that sends more than `max_head`
+    ahead of its answer is disconnected. A head that
     is too large or cannot be parsed never becomes a flow: `refuse` records it and returns
     the reply, sent before the connection is closed.
 
@@ -79,6 +86,21 @@ class GuardedHttp1Server(Http1Server):
             # buffered, until it closes (or timeouts.header closes it).
             if isinstance(event, events.ConnectionClosed):
                 yield commands.CloseConnection(self.conn)
+            return
+        if (
+            isinstance(event, events.DataReceived)
+            and self.state == self.wait
+            and len(self.buf) + len(event.data) > self.max_head
+        ):
+            # While a request is answered, mitmproxy buffers whatever the client sends next
+            # (pipelining). More than a request head's worth is not pipelining: the request
+            # fails (it is recorded as such), the rest is discarded and the connection closed.
+            why = f"the client sent over {self.max_head} bytes ahead of its answer"
+            self.refused = True
+            self.buf.maybe_extract_at_most(len(self.buf))
+            yield commands.SendData(self.conn, error_reply(self.request, 400))
+            yield commands.CloseTcpConnection(self.conn, half_close=True)
+            yield ReceiveHttp(RequestProtocolError(self.stream_id, why, ErrorCode.GENERIC_CLIENT_ERROR))
             return
         yield from super()._handle_event(event)
 
