@@ -427,7 +427,11 @@ class Runtime:
 
     async def close(self, timeout: float = 10.0) -> int:
         """Persist state, flush every sink for up to `timeout` seconds and close them; returns
-        the records lost."""
+        the records lost. A reload in progress finishes first (its replaced sinks close)."""
+        async with self._reload_lock:
+            return await self._close(timeout)
+
+    async def _close(self, timeout: float) -> int:
         for task in self._tasks:
             task.cancel()
         self._tasks = []

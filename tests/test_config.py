@@ -216,9 +216,10 @@ def test_an_upstream_with_credentials_is_refused() -> None:
 
 
 def test_the_broadest_trusted_proxies_allowed() -> None:
-    """A /8 of IPv4 and a /16 of IPv6 are still accepted as trusted proxies."""
-    config = parse_config({"trusted_proxies": ["10.0.0.0/8", "fd00::/16"]})
-    assert [net.prefixlen for net in config.trusted_proxies] == [8, 16]
+    """A /8 of IPv4 and a /16 of IPv6 are still accepted as trusted proxies, and so are the
+    private and link-local ranges whatever their width (fc00::/7 is in Rails' own list)."""
+    config = parse_config({"trusted_proxies": ["10.0.0.0/8", "fd00::/16", "fc00::/7", "fe80::/10"]})
+    assert [net.prefixlen for net in config.trusted_proxies] == [8, 16, 7, 10]
 
 
 @pytest.mark.parametrize(

@@ -456,3 +456,13 @@ def test_the_configs_mode_applies_until_an_operator_chooses_one(tmp_path, start_
     result = ctl(restarted, "reload")
     assert "the config says monitor, but enforce was set with `proxylog ctl mode`" in result.stdout
     assert ctl_json(restarted, "mode")["mode"] == "enforce"
+
+
+def test_enforce_flag_is_kept_even_when_the_config_already_enforces(start_proxylog) -> None:
+    """`serve --enforce` is the operator's choice: a reload to `mode: monitor` keeps
+    enforcing, and says so."""
+    proxy = start_proxylog({"mode": "enforce"}, args=["--enforce"])
+    rewrite_config(proxy, mode="monitor")
+    result = ctl(proxy, "reload")
+    assert "the config says monitor, but enforce was set" in result.stdout
+    assert ctl_json(proxy, "mode")["mode"] == "enforce"

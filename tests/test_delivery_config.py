@@ -165,17 +165,27 @@ def test_errors_name_the_key_path(entries: list[Any], path: str, fragment: str) 
 @pytest.mark.parametrize(
     ("entry", "name"),
     [
-        ({"type": "http", "url": "http://127.0.0.1:1/_bulk?api_key=KEY98", "index": "x"}, "http:http://127.0.0.1:1/_bulk"),
+        ({"type": "http", "url": "http://127.0.0.1:1/_bulk?api_key=KEY98", "index": "x"}, "http:http://127.0.0.1:1/_bulk?05132a08"),
         ({"type": "http", "url": "https://es.example/in#frag"}, "http:https://es.example/in"),
         ({"type": "syslog", "address": "tcp://127.0.0.1:514?key=KEY98"}, "syslog:tcp://127.0.0.1:514"),
     ],
 )  # fmt: skip
 def test_default_names_drop_the_query(entry: dict[str, Any], name: str) -> None:
     """A sink's default name (shown in status, metrics labels and errors) never carries the
-    URL's query, where a collector key may sit; the URL itself is kept whole for sending."""
+    URL's query, where a collector key may sit (an http sink's carries a digest of it); the
+    URL itself is kept whole for sending."""
     [spec] = sinks(entry)
     assert spec.name == name
     assert getattr(spec, "url", None) == entry.get("url")
+
+
+def test_http_sinks_differing_only_in_their_query_keep_distinct_names() -> None:
+    """Two collectors at one URL with different queries (?index=a, ?index=b) are two sinks."""
+    a, b = sinks(
+        {"type": "http", "url": "http://127.0.0.1:1/in?index=a"},
+        {"type": "http", "url": "http://127.0.0.1:1/in?index=b"},
+    )
+    assert a.name != b.name and "index" not in a.name + b.name
 
 
 @pytest.mark.parametrize(

@@ -158,3 +158,39 @@ async def test_reload_swaps_every_part_at_once_and_one_at_a_time(tmp_path: Path)
     assert runtime.config.record.headers == ("referer", "x-later")
     assert runtime.redactor.spec == runtime.config.redact
     await runtime.close(1)
+
+
+async def test_shutting_down_during_a_reload_waits_for_the_replaced_sink(tmp_path: Path) -> None:
+    """close() during a reload lets the reload finish: the replaced sink's queued records
+    are delivered, not left behind uncounted."""
+    path = tmp_path / "access.jsonl"
+    config_path = tmp_path / "proxylog.yaml"
+
+    def write(batch: int) -> None:
+        sink = {"type": "file", "path": str(path), "batch": batch}
+        config_path.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "sinks": [sink]}))
+
+    write(10)
+    runtime = Runtime(load_config(config_path))
+    [old] = runtime.workers  # not started: its 50 records wait in its queue
+    for i in range(50):
+        old.submit(b'{"seq": %d}\n' % i)
+    closing, release = asyncio.Event(), asyncio.Event()
+    close = old.close
+
+    async def slow_close(timeout: float) -> int:
+        closing.set()
+        await release.wait()
+        return await close(timeout)
+
+    old.close = slow_close  # type: ignore[method-assign]
+    write(7)
+    reload = asyncio.create_task(runtime.reload("test"))
+    await closing.wait()
+    shutdown = asyncio.create_task(runtime.close(5))
+    await asyncio.wait({shutdown}, timeout=1.0)  # time to return, were it not waiting
+    assert not shutdown.done(), "close waits for the reload in progress"
+    release.set()
+    assert (await reload).ok
+    assert await shutdown == 0
+    assert len(path.read_bytes().splitlines()) >= 50

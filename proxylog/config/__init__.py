@@ -259,7 +259,8 @@ def _parse_trusted_proxies(node: Node) -> tuple[IPNetwork, ...]:
     networks = []
     for item in node.items():
         net = item.network()
-        if net.prefixlen < _MIN_TRUSTED_PREFIX[net.version]:
+        local = net.is_private or net.is_link_local  # fc00::/7, fe80::/10: nobody's internet
+        if net.prefixlen < _MIN_TRUSTED_PREFIX[net.version] and not local:
             item.fail(
                 f"{net} is too broad to trust (prefix shorter than /{_MIN_TRUSTED_PREFIX[net.version]}):"
                 " every client could choose its own IP with X-Forwarded-For; list your proxies'"

@@ -7,6 +7,7 @@ runtime can tell an unchanged sink from a changed one on reload.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -247,7 +248,10 @@ def _pairs(node: Node) -> tuple[tuple[str, str], ...]:
 def _http(fields: Fields) -> dict[str, Any]:
     url = fields.require("url").url(("http", "https"), hint="give a token in token_file or token_env")
     # The query may carry a key (?api_key=): the default name, shown in status and metrics, drops it.
-    kwargs: dict[str, Any] = {"url": url, "name": f"http:{display_url(url)}"}
+    # Sinks differing only in their query stay distinct by a digest of it, which shows nothing.
+    query = urlsplit(url).query
+    digest = f"?{hashlib.sha256(query.encode()).hexdigest()[:8]}" if query else ""
+    kwargs: dict[str, Any] = {"url": url, "name": f"http:{display_url(url)}{digest}"}
     if (fmt := fields.get("format")) is not None:
         kwargs["format"] = fmt.choice(HTTP_FORMATS)
     if (gzip := fields.get("gzip")) is not None:

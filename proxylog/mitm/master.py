@@ -38,6 +38,9 @@ async def serve(
     runtime.restore()
     if enforce and runtime.mode != "enforce":
         runtime.set_mode("enforce", "proxylog serve --enforce")
+    elif enforce:  # already enforcing: still the operator's choice, which a reload keeps
+        runtime.mode_override = "enforce"
+        runtime.persist()
     addon = ProxyLog(runtime=runtime)
     master = LeanMaster(config, addon)
     runtime.hooks.validate.append(proxy_modes)
@@ -188,6 +191,7 @@ class LeanMaster(master.Master):
         self.addons = CachedDispatch(self)
         self.config = config
         self.proxylog = addon or ProxyLog(config)
+        self._reloads: set[asyncio.Task[Any]] = set()
         specs = proxy_modes(config)
         tls = needs_tls(specs)
         extra: list[Any] = [tlsconfig.TlsConfig()] if tls else []
@@ -233,7 +237,9 @@ class LeanMaster(master.Master):
         logger.warning("SIGHUP received: reloading the config and reopening sink files")
         runtime.reopen()
         if runtime.config.source is not None:
-            asyncio.get_running_loop().create_task(runtime.reload("SIGHUP"))
+            task = asyncio.get_running_loop().create_task(runtime.reload("SIGHUP"))
+            self._reloads.add(task)  # a strong reference until it is done
+            task.add_done_callback(self._reloads.discard)
 
     def apply_options(self, config: Config) -> None:
         """Apply a reloaded config's proxy options (bodies, idle timeout); modes need a restart."""
