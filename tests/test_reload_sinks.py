@@ -16,6 +16,7 @@ import yaml
 
 from proxylog.config import load_config
 from proxylog.runtime import Runtime
+from proxylog.sinks import SinkWorker
 from tests._http import request
 from tests.conftest import free_port
 from tests.test_control import ctl, documents
@@ -118,6 +119,21 @@ def test_removing_a_sink_with_a_backlog_announces_what_it_left(start_proxylog) -
     )
 
 
+def hold_close(worker: SinkWorker) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make `worker.close` wait: the first event is set once close is entered, and close
+    goes on once the test sets the second."""
+    closing, release = asyncio.Event(), asyncio.Event()
+    close = worker.close
+
+    async def held(timeout: float) -> int:
+        closing.set()
+        await release.wait()
+        return await close(timeout)
+
+    worker.close = held  # type: ignore[method-assign]
+    return closing, release
+
+
 async def test_reload_swaps_every_part_at_once_and_one_at_a_time(tmp_path: Path) -> None:
     """While a replaced sink is still flushing, requests already see the whole new config
     (record settings and redaction together); a second reload waits for the first, so the
@@ -135,15 +151,7 @@ async def test_reload_swaps_every_part_at_once_and_one_at_a_time(tmp_path: Path)
     runtime = Runtime(load_config(config_path))
     runtime.start()
     [old] = runtime.workers
-    closing, release = asyncio.Event(), asyncio.Event()
-    close = old.close
-
-    async def slow_close(timeout: float) -> int:
-        closing.set()
-        await release.wait()
-        return await close(timeout)
-
-    old.close = slow_close  # type: ignore[method-assign]
+    closing, release = hold_close(old)
     write(["referer"], batch=7)  # a changed sink: its old worker must close first
     first = asyncio.create_task(runtime.reload("test"))
     await closing.wait()
@@ -175,15 +183,7 @@ async def test_shutting_down_during_a_reload_waits_for_the_replaced_sink(tmp_pat
     [old] = runtime.workers  # not started: its 50 records wait in its queue
     for i in range(50):
         old.submit(b'{"seq": %d}\n' % i)
-    closing, release = asyncio.Event(), asyncio.Event()
-    close = old.close
-
-    async def slow_close(timeout: float) -> int:
-        closing.set()
-        await release.wait()
-        return await close(timeout)
-
-    old.close = slow_close  # type: ignore[method-assign]
+    closing, release = hold_close(old)
     write(7)
     reload = asyncio.create_task(runtime.reload("test"))
     await closing.wait()
