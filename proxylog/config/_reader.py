@@ -254,25 +254,36 @@ class Node:
         except ValueError:
             self.fail(f"expected HOST:PORT like 127.0.0.1:8080, got {self.value!r}")
 
-    def url(self, schemes: tuple[str, ...], *, hint: str = "") -> str:
-        """A URL of one of `schemes` with a host. Credentials (``user:password@``) are refused
-        (`hint` says where they go instead): they would show wherever the URL does. Errors
-        never repeat them or the query."""
+    def url(
+        self,
+        schemes: tuple[str, ...],
+        *,
+        hint: str = "",
+        example: str = "http://127.0.0.1:3000",
+        need_port: bool = False,
+    ) -> str:
+        """A URL of one of `schemes` with a host (and a port, with `need_port`). Credentials
+        (``user:password@``) are refused (`hint` says where they go instead): they would show
+        wherever the URL does. Errors never repeat them or the query."""
         text = self.string().strip()
         shown = display_url(text)
+        expected = (
+            f"expected {', '.join(f'{s}://' for s in schemes[:-1])} or {schemes[-1]}://HOST:PORT"
+            if need_port
+            else f"expected a {'/'.join(schemes)} URL"
+        )
         try:
             parts = urlsplit(text)
             port = parts.port
         except ValueError:
-            self.fail(f"invalid URL {shown!r}")
-        if parts.scheme not in schemes or not parts.hostname:
-            self.fail(f"expected a {'/'.join(schemes)} URL like http://127.0.0.1:3000, got {shown!r}")
+            self.fail(f"{expected}, got {shown!r}")
+        if parts.scheme not in schemes or not parts.hostname or (need_port and port is None):
+            self.fail(f"{expected} like {example}, got {shown!r}")
         if "@" in parts.netloc:
             self.fail(
                 f"must not carry a user or password ({parts.scheme}://…@{parts.hostname}): it would"
                 f" show in names, status and logs{hint and '; '}{hint}"
             )
-        del port
         return text
 
 

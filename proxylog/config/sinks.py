@@ -188,22 +188,16 @@ def _tls(node: Node) -> TlsSpec:
 
 def _syslog(fields: Fields) -> dict[str, Any]:
     node = fields.require("address")
-    text = node.string().strip()
+    text = node.url(
+        SYSLOG_TRANSPORTS, hint="syslog has no credentials", example="tcp://127.0.0.1:514", need_port=True
+    )
+    parts = urlsplit(text)
     shown = display_url(text)
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        node.fail(f"expected udp://, tcp:// or tls://HOST:PORT, got {shown!r}")
-    if parts.scheme not in SYSLOG_TRANSPORTS or not parts.hostname or port is None:
-        node.fail(f"expected udp://, tcp:// or tls://HOST:PORT like tcp://127.0.0.1:514, got {shown!r}")
-    if "@" in parts.netloc:
-        node.fail("must not carry a user or password: syslog has no credentials")
     transport = Node(parts.scheme, node.path).choice(SYSLOG_TRANSPORTS)
     kwargs: dict[str, Any] = {
         "transport": transport,
         "host": parts.hostname,
-        "port": port,
+        "port": parts.port,
         "name": f"syslog:{shown}",
     }
     if (facility := fields.get("facility")) is not None:
