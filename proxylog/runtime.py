@@ -75,6 +75,11 @@ class Runtime:
         # The mode an operator chose (`ctl mode`, `serve --enforce`): it outlives restarts and
         # reloads. None: the config's `mode:` decides.
         self.mode_override: str | None = None
+        # Restart keys (a reload keeps them): worked out once, read per upstream connection.
+        # The TCP ports of proxylog's own endpoints, never a destination; the upstream.
+        endpoints = (config.control.tcp, config.metrics.listen)
+        self.own_ports = frozenset(address[1] for address in endpoints if address is not None)
+        self.upstream_address = _address(config.upstream) if config.upstream else None
         self.started = clock()
         self.internal_errors = 0
         self.metrics = RequestMetrics()
@@ -128,20 +133,6 @@ class Runtime:
             self.alerts.close()
         self.trusted, self.redactor, self.body_parser, self.engine = trusted, redactor, body_parser, engine
         self.alerts = alerts
-
-    @property
-    def own_ports(self) -> frozenset[int]:
-        """The TCP ports of proxylog's own endpoints (control, metrics): never a destination."""
-        control, metrics = self.config.control.tcp, self.config.metrics.listen
-        return frozenset(address[1] for address in (control, metrics) if address is not None)
-
-    @property
-    def upstream_address(self) -> tuple[str, int] | None:
-        """(host, port) of the reverse-proxy upstream, if any."""
-        if not self.config.upstream:
-            return None
-        url = urlsplit(self.config.upstream)
-        return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
 
     # -- the request path -------------------------------------------------------------------
 
@@ -444,3 +435,9 @@ class Runtime:
             self.alerts.close()
         lost = await asyncio.gather(*(w.close(timeout) for w in self.workers))
         return sum(lost)
+
+
+def _address(url: str) -> tuple[str, int]:
+    """(host, port) of a URL, the port defaulting by scheme."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
