@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from proxylog import __version__
+from proxylog.config._reader import display_url
 from proxylog.config.sinks import HttpSpec
 from proxylog.errors import ConfigError, SinkError
 from proxylog.sinks.base import PartialFailure, PoisonBatch
@@ -74,7 +75,7 @@ class HttpSink:
         self._host = parts.hostname or ""
         self._port = parts.port or (443 if self._https else 80)
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._where = parts._replace(query="", fragment="").geturl()  # errors never show ?api_key=…
+        self._where = display_url(spec.url)  # errors never show ?api_key=…
         self._tls = None
         if self._https:
             self._tls = build_tls_context(spec.tls) if spec.tls else ssl.create_default_context()
