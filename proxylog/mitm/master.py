@@ -36,11 +36,8 @@ async def serve(
 
     runtime = Runtime(config, state=StateFile(config.state_dir), flags=flags)
     runtime.restore()
-    if enforce and runtime.mode != "enforce":
+    if enforce:  # the operator's choice, even when the config already enforces
         runtime.set_mode("enforce", "proxylog serve --enforce")
-    elif enforce:  # already enforcing: still the operator's choice, which a reload keeps
-        runtime.mode_override = "enforce"
-        runtime.persist()
     addon = ProxyLog(runtime=runtime)
     master = LeanMaster(config, addon)
     runtime.hooks.validate.append(proxy_modes)
