@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8080
 UPSTREAM_PORT ?= 3000
-DEB_PACKAGES ?= puma ruby-rack rsyslog rsyslog-openssl curl
+DEB_PACKAGES ?= puma ruby-rack rsyslog rsyslog-openssl curl redis-server nginx-light wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The first interpreter >= 3.12 found: $(PYTHON), python3, python3.13/3.12, then pyenv's.
@@ -40,6 +40,7 @@ test: deps venv
 lint: venv
 	$(VENV)/bin/ruff check proxylog addons tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # Demo: the bundled Rack app on real Puma (:$(UPSTREAM_PORT)) and proxylog in front (:$(PORT)).
 run: deps venv

@@ -11,9 +11,10 @@ counted), with the process pinned to one CPU.
    scale, the same with secrets to hide (Authorization, Cookie, a token in the query) and
    with a captured JSON body.
 2. Pipeline. Flows of the same request (built off the clock) through the stages the addon
-   runs, in its order: start_flow (client identity, captured headers, forwarding headers),
-   facts_from_flow + engine.check, start_response, engine.observe, record_from_flow and
-   Runtime.emit (redact, encode with orjson, queue on the sink; the sink thread is not run).
+   runs, in its order: start_flow (Pipeline.begin: client identity, captured headers,
+   forwarding headers, rule facts), Pipeline.decide (engine.check), start_response,
+   engine.observe, settle + record_for (the record) and Runtime.emit (redact, encode with
+   orjson, queue on the sink; the sink thread is not run).
    The flows come from 1,000 client addresses in turn, a site's traffic (one client's
    flood would keep the rate rules firing on every request; benchmarks/rules.py measures
    scanner traffic). Records per second, best of --repeat, with the built-in defaults (no
@@ -39,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from proxylog.config import Config, RecordSpec, load_config
 from proxylog.config.redact import RedactSpec
 from proxylog.identity import new_request_id
-from proxylog.mitm.flows import facts_from_flow, record_from_flow, start_flow, start_response, status_sent
+from proxylog.mitm.flows import settle, start_flow, start_response
+from proxylog.pipeline import Pipeline
+from proxylog.pipeline.records import record_for
 from proxylog.record import AccessRecord, encode_record
 from proxylog.redact import Redactor
 from proxylog.runtime import Runtime
@@ -190,44 +193,40 @@ def make_flows(count: int) -> list[http.HTTPFlow]:
     return flows
 
 
-STAGES = ("start_flow", "facts + check", "start_response", "observe", "record_from_flow", "redact", "encode")
+STAGES = ("begin", "decide", "start_response", "observe", "record", "redact", "encode")
 
 
 def run_pipeline(runtime: Runtime, flows: list[http.HTTPFlow], split: dict[str, int] | None = None) -> int:
     """CPU nanoseconds to take every flow through the addon's stages in its order; with
     `split`, each stage's share is added to it instead: Runtime.emit is then taken apart
     into the redactor and the encoder (its O(1) queue append is left out)."""
+    pipeline = Pipeline(runtime)
     spec = runtime.config.record
-    trusted = runtime.trusted
     engine = runtime.engine
     body_parser = runtime.body_parser
     clock = time.thread_time_ns
     start = clock()
     if split is None:
         for flow in flows:
-            state = start_flow(flow, trusted, spec)
-            facts = facts_from_flow(flow, state, spec) if engine.enabled else None
-            if facts is not None:
-                engine.check(facts)
-            start_response(flow, state, spec)
-            if facts is not None:
-                engine.observe(facts, status_sent(flow, state))
-            runtime.emit(record_from_flow(flow, state, spec, body_parser=body_parser))
+            state = start_flow(flow, pipeline)
+            pipeline.decide(state)
+            start_response(flow, state, pipeline)
+            settle(flow, state)
+            pipeline.finish(state)
         return clock() - start
     for flow in flows:
         t0 = clock()
-        state = start_flow(flow, trusted, spec)
+        state = start_flow(flow, pipeline)
         t1 = clock()
-        facts = facts_from_flow(flow, state, spec) if engine.enabled else None
-        if facts is not None:
-            engine.check(facts)
+        pipeline.decide(state)
         t2 = clock()
-        start_response(flow, state, spec)
+        start_response(flow, state, pipeline)
         t3 = clock()
-        if facts is not None:
-            engine.observe(facts, status_sent(flow, state))
+        settle(flow, state)
+        if state.facts is not None:
+            engine.observe(state.facts, state.status)
         t4 = clock()
-        record = record_from_flow(flow, state, spec, body_parser=body_parser)
+        record = record_for(state, spec, body_parser=body_parser)
         t5 = clock()
         redacted = runtime.redactor(record)
         t6 = clock()
@@ -243,7 +242,7 @@ def bench_pipeline(records: int, repeat: int) -> None:
     shipped = load_config(ROOT / "configs" / "proxylog.yaml")
     every_header = RecordSpec(headers=CAPTURED)
     print(
-        f"\n2. Pipeline: start_flow → check → start_response → observe → record → emit (redact, "
+        f"\n2. Pipeline: begin → decide → start_response → observe → record → emit (redact, "
         f"encode, queue); {records:,} records, CPU time, best of {repeat}"
     )
     print(f"   {'config':<62} {'records/s':>10} {'µs/record':>10}")

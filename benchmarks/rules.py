@@ -28,11 +28,11 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from proxylog.config._reader import Node
+from proxylog.config.reader import Node
 from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import parse_rules
+from proxylog.net import CidrSet, network_range
 from proxylog.rules import RequestFacts, RuleEngine
-from proxylog.rules.intel import CidrSet, network_range
 from proxylog.rules.sources import facts_from_corpus
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,8 +23,8 @@ import orjson
 from cachetools import TTLCache
 
 from proxylog.config import AlertSpec
+from proxylog.config.secrets import read_secret
 from proxylog.record import event_document
-from proxylog.secrets import read_secret
 
 logger = logging.getLogger("proxylog.alerts")
 

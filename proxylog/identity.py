@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import time
 from collections.abc import Iterable
@@ -10,58 +9,19 @@ from typing import NamedTuple
 
 from cachetools import LRUCache
 
-from proxylog.config._reader import IPNetwork, unmap_network
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def parse_ip(text: str) -> IPAddress | None:
-    """An address with IPv4-mapped IPv6 unwrapped and any zone id dropped; None if invalid."""
-    try:
-        addr = ipaddress.ip_address(text.strip().split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
-def parse_hop(text: str) -> IPAddress | None:
-    """The address of one X-Forwarded-For hop, as `parse_ip`, also from the forms load
-    balancers write: ``ip:port``, ``[v6]`` and ``[v6]:port``, any of them double-quoted as in
-    RFC 7239 (``"[2001:db8::1]:4711"``). None for anything else (``unknown``, ``_hidden``)."""
-    addr = parse_ip(text)
-    if addr is not None:
-        return addr
-    text = text.strip()
-    if len(text) > 1 and text[0] == text[-1] == '"':
-        text = text[1:-1]
-    if text.startswith("["):
-        host, bracket, port = text[1:].partition("]")
-        valid_port = not port or (port[0] == ":" and _is_port(port[1:]))
-        return parse_ip(host) if bracket and ":" in host and valid_port else None
-    host, colon, port = text.rpartition(":")
-    if colon and ":" not in host:  # IPv4:port
-        return parse_ip(host) if _is_port(port) else None
-    return parse_ip(text)
-
-
-def _is_port(text: str) -> bool:
-    return 0 < len(text) <= 5 and text.isascii() and text.isdigit()
-
-
-def normalize_ip(text: str) -> str:
-    """The canonical text of an address (``::ffff:1.2.3.4`` → ``1.2.3.4``), or `text` if invalid."""
-    addr = parse_ip(text)
-    return text if addr is None else str(addr)
+from proxylog.net import CidrSet, IPNetwork, address_value, normalize_ip, parse_hop, unmap_network
 
 
 class ClientIdentity(NamedTuple):
-    """`ip` is the client; `chain` is the forwarding chain from it to the peer, both trusted."""
+    """`ip` is the client; `chain` is the forwarding chain from it to the peer, both trusted.
+    `resolved` is False when the client is itself a trusted proxy (X-Forwarded-For was missing
+    or named no address behind it): rules then never count, block or ban it, since that would
+    hit everyone behind the proxy."""
 
     ip: str
     peer: str
     chain: tuple[str, ...]
+    resolved: bool = True
 
 
 class TrustedProxies:
@@ -77,6 +37,7 @@ class TrustedProxies:
 
     def __init__(self, networks: Iterable[IPNetwork]) -> None:
         self.networks = tuple(unmap_network(net) for net in networks)
+        self._set = CidrSet(self.networks)
         self._cache: LRUCache[str, bool] = LRUCache(maxsize=4096)
         self._peers: LRUCache[str, str] = LRUCache(maxsize=4096)
 
@@ -88,8 +49,8 @@ class TrustedProxies:
             return False
         trusted = self._cache.get(ip)
         if trusted is None:
-            addr = parse_ip(ip)
-            trusted = addr is not None and any(addr in net for net in self.networks)
+            value = address_value(ip)
+            trusted = value is not None and self._set.contains(*value)
             self._cache[ip] = trusted
         return trusted
 
@@ -113,7 +74,8 @@ class TrustedProxies:
             if not self.is_trusted(ip):
                 break
         chain.reverse()
-        return ClientIdentity(chain[0], peer, tuple(chain))
+        client = chain[0]
+        return ClientIdentity(client, peer, tuple(chain), not self.is_trusted(client))
 
 
 # What Rails' ActionDispatch::RequestId keeps (it strips anything outside [\w\-@]): an id

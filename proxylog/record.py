@@ -6,10 +6,21 @@ import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
 import orjson
 
+
+class Mode(StrEnum):
+    """The live rule mode: `monitor` records what rules would do, `enforce` does it. A rule or
+    intel list may carry its own mode, overriding the live one for its verdicts."""
+
+    MONITOR = "monitor"
+    ENFORCE = "enforce"
+
+
+MODES: tuple[Mode, ...] = tuple(Mode)
 Action = Literal["allowed", "blocked", "would_block"]
 Schema = Literal["nested", "flat"]
 ErrorType = Literal[
@@ -17,6 +28,7 @@ ErrorType = Literal[
     "upstream_timeout",
     "upstream_reset",
     "client_disconnect",
+    "client_timeout",
     "request_invalid",
     "upstream_invalid",
     "body_too_large",
@@ -69,7 +81,7 @@ class AccessRecord(NamedTuple):
     action: Action = "allowed"
     error_type: ErrorType | None = None
     error_message: str | None = None
-    mode: str = "monitor"
+    mode: Mode = Mode.MONITOR
     enforced: bool = False
     tags: tuple[str, ...] = ()
     rules: tuple[RuleHit, ...] = ()

@@ -17,21 +17,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxylog.alerts import AlertDispatcher
-from proxylog.bodies import build_body_parser
-from proxylog.config import MODES, Config, ConfigError, load_config
+from proxylog.config import Config, ConfigError, load_config
 from proxylog.config.sinks import SinkSpec
 from proxylog.identity import TrustedProxies
 from proxylog.metrics import RequestMetrics
-from proxylog.record import AccessRecord, encode_document, encode_record, event_document
+from proxylog.record import MODES, AccessRecord, Mode, encode_document, encode_record, event_document
 from proxylog.redact import Redactor
+from proxylog.redact.bodies import build_body_parser
 from proxylog.rules import RuleEngine, RuleEvent
 from proxylog.sinks import Sink, SinkWorker, build_sink
-from proxylog.statefile import StateFile
+from proxylog.state.file import StateFile
 
 logger = logging.getLogger("proxylog")
 
 # Keys a reload cannot apply to a running process: they need new listening sockets.
-RESTART_KEYS = ("upstream", "listen", "modes", "state_dir", "control", "metrics")
+RESTART_KEYS = ("upstream", "listen", "modes", "engine", "state_dir", "control", "metrics")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,8 @@ class Runtime:
         clock: Callable[[], float] = time.time,
         state: StateFile | None = None,
         flags: Callable[[Config], Config] | None = None,
+        upkeep_interval: float = 1.0,
+        upkeep_every: int = 10,
     ) -> None:
         """`sinks` replaces the configured sinks (tests pass a MemorySink); `state` persists
         the live mode and bans (None: nothing is persisted); `flags` re-applies command-line
@@ -71,10 +73,12 @@ class Runtime:
         self.config = config
         self.flags = flags
         self.clock = clock
+        self.upkeep_interval = upkeep_interval
+        self.upkeep_every = upkeep_every
         self.mode = config.mode
         # The mode an operator chose (`ctl mode`, `serve --enforce`): it outlives restarts and
         # reloads. None: the config's `mode:` decides.
-        self.mode_override: str | None = None
+        self.mode_override: Mode | None = None
         # Restart keys (a reload keeps them): worked out once, read per upstream connection.
         # The TCP ports of proxylog's own endpoints, never a destination; the upstream.
         endpoints = (config.control.tcp, config.metrics.listen)
@@ -102,6 +106,7 @@ class Runtime:
         self._last_save: Future[str | None] | None = None
         self._sink_health: dict[str, bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._ticks = 0
 
     def _compile(self, config: Config, previous: RuleEngine | None) -> None:
         """Build the per-config parts, then swap them in together; rule state (from
@@ -115,7 +120,6 @@ class Runtime:
             self.clock,
             previous=previous,
             listener=self._on_rule_event,
-            trusted=config.trusted_proxies,
         )
         alerts = self.alerts
         if alerts is None or alerts.specs != config.alerts:
@@ -162,8 +166,8 @@ class Runtime:
         ValueError for an unknown mode."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        old, self.mode = self.mode, mode
-        self.mode_override = mode
+        old, self.mode = self.mode, Mode(mode)
+        self.mode_override = self.mode
         self.audit("mode", who, old, mode)
         self.persist()
         return old
@@ -196,7 +200,7 @@ class Runtime:
                     self.state.path,
                     self.mode,
                 )
-            self.mode = self.mode_override = saved["mode"]
+            self.mode = self.mode_override = Mode(saved["mode"])
         self.engine.restore_bans(self.state.bans(saved))
         for cidr in saved.get("allow", []):
             try:
@@ -388,21 +392,41 @@ class Runtime:
             self._tasks = [loop.create_task(self._upkeep(), name="proxylog upkeep")]
 
     async def _upkeep(self) -> None:
-        """Every second: alert on sinks turning unhealthy; every few: persist changed bans and
-        refresh threat-intel files (off the loop)."""
-        tick = 0
         while True:
-            await asyncio.sleep(1.0)
-            tick += 1
-            try:
-                self._watch_sinks()
-                if tick % 10 == 0:
-                    if self.engine.bans() != self._saved_bans:
-                        self.persist()
-                    await asyncio.to_thread(self.engine.refresh)
-            except Exception:
-                self.internal_errors += 1
-                logger.exception("runtime upkeep failed")
+            await asyncio.sleep(self.upkeep_interval)
+            await self.tick()
+
+    async def tick(self) -> None:
+        """One upkeep step (every `upkeep_interval` s; tests call it instead of sleeping):
+        alert on sinks turning unhealthy; every `upkeep_every` steps, persist changed bans and
+        refresh threat-intel files (off the loop). Never raises."""
+        self._ticks += 1
+        try:
+            self._watch_sinks()
+            if self._ticks % self.upkeep_every == 0:
+                if self.engine.bans() != self._saved_bans:
+                    self.persist()
+                await asyncio.to_thread(self.engine.refresh)
+        except Exception:
+            self.internal_errors += 1
+            logger.exception("runtime upkeep failed")
+
+    def sighup(self) -> None:
+        """SIGHUP: reopen the sinks' files (after an external logrotate) and reload the config
+        file (a bad one keeps the old config). The reload task is owned and awaited on close."""
+        logger.warning("SIGHUP received: reloading the config and reopening sink files")
+        self.reopen()
+        if self.config.source is not None:
+            task = asyncio.get_running_loop().create_task(self._reload_task("SIGHUP"))
+            self._tasks.append(task)
+            task.add_done_callback(self._forget)
+
+    async def _reload_task(self, who: str) -> None:
+        await self.reload(who)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     def _watch_sinks(self) -> None:
         for worker in self.workers:
@@ -423,9 +447,10 @@ class Runtime:
             return await self._close(timeout)
 
     async def _close(self, timeout: float) -> int:
-        for task in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.persist()
         await self.saved()
         if self._state_writer is not None:

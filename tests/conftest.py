@@ -192,9 +192,21 @@ def puma() -> Iterator[Puma]:
     server.stop()
 
 
+# The data planes every end-to-end behaviour runs on; `@pytest.mark.engines("mitmproxy")`
+# narrows a test to the engines it applies to (its docstring says why).
+ENGINES = ("mitmproxy",)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("engines")
+        metafunc.parametrize("engine", marker.args if marker else ENGINES)
+
+
 @pytest.fixture
-def start_proxylog(tmp_path: Path, puma: Puma) -> Iterator[Any]:
-    """Factory: start_proxylog(config={...}, args=[...]) → a running Proxylog in front of Puma."""
+def start_proxylog(tmp_path: Path, puma: Puma, engine: str) -> Iterator[Any]:
+    """Factory: start_proxylog(config={...}, args=[...]) → a running Proxylog in front of Puma,
+    on the test's `engine` (unless the config names one)."""
     started: list[Proxylog] = []
 
     def start(
@@ -204,7 +216,7 @@ def start_proxylog(tmp_path: Path, puma: Puma) -> Iterator[Any]:
         workdir.mkdir()
         proc = Proxylog(
             workdir,
-            {"upstream": puma.url, **(config or {})},
+            {"upstream": puma.url, "engine": engine, **(config or {})},
             args or [],
             subprocess.DEVNULL if stdout is None else stdout,
         )
@@ -218,3 +230,14 @@ def start_proxylog(tmp_path: Path, puma: Puma) -> Iterator[Any]:
 
 def records_for(records: list[dict[str, Any]], request_id: str) -> list[dict[str, Any]]:
     return [r for r in records if r["http"]["request"]["id"] == request_id]
+
+
+# Fixtures that start real servers or a proxylog process: a test using one is end-to-end
+# (`pytest -m "not e2e"` is the fast loop without them).
+E2E_FIXTURES = frozenset({"puma", "start_proxylog", "rsyslog", "start_fast", "redis_server", "engine_proxy"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxylog.bodies import CUT, build_body_parser
 from proxylog.config import parse_config
 from proxylog.config.redact import RedactSpec
 from proxylog.record import encode_record
 from proxylog.redact import Redactor
+from proxylog.redact.bodies import CUT, build_body_parser
 from proxylog.testing import make_record
 
 

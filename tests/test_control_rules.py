@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxylog.ctl import ControlClient
+from proxylog.cli.ctl import ControlClient
 from tests._http import request
 from tests.conftest import ROOT, Puma
 from tests.test_control import ctl, ctl_json, documents, rewrite_config, wait_until

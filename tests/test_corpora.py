@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxylog.config._reader import Node
+from proxylog.config.reader import Node
 from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import parse_rules
 from proxylog.rules import RuleEngine

@@ -298,16 +298,16 @@ def test_sigterm_drain_timeout_still_records_requests_in_flight(start_proxylog, 
 _FAILING_SHUTDOWN_RECORD = """
 import proxylog.mitm.addon as addon
 
-_real = addon.record_from_flow
+_real = addon.settle
 
 
-def record_from_flow(flow, state, *args, **kwargs):
+def settle(flow, state):
     if state.error_type == "shutdown" and b"boom=" in flow.request.data.path:
         raise RuntimeError("injected record failure")
-    return _real(flow, state, *args, **kwargs)
+    return _real(flow, state)
 
 
-addon.record_from_flow = record_from_flow
+addon.settle = settle
 """
 
 
@@ -401,6 +401,8 @@ def test_sigterm_with_a_stalled_stderr_exits_cleanly(tmp_path: Path, puma: Puma)
             {
                 "upstream": puma.url,
                 "listen": f"127.0.0.1:{port}",
+                # mitmproxy logs several debug lines per request: enough to fill the pipe
+                "engine": "mitmproxy",
                 "state_dir": str(tmp_path / "state"),
                 "sinks": [{"type": "file", "path": str(tmp_path / "access.jsonl")}],
                 "log": {"level": "debug"},

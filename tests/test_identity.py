@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from proxylog.identity import TrustedProxies, is_valid_request_id, new_request_id, normalize_ip
+from proxylog.identity import TrustedProxies, is_valid_request_id, new_request_id
+from proxylog.net import normalize_ip
 
 TRUSTED = TrustedProxies([ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32")])
 

@@ -10,11 +10,12 @@ import orjson
 import pytest
 
 from proxylog.config import ConfigError
-from proxylog.config._reader import Node
+from proxylog.config.reader import Node
 from proxylog.config.rule_specs import IntelSpec
 from proxylog.config.rules import parse_rules
+from proxylog.net import CidrSet, network_range
 from proxylog.rules import RequestFacts, RuleEngine
-from proxylog.rules.intel import CidrSet, IntelList, network_range, parse_intel
+from proxylog.rules.intel import IntelList, parse_intel
 from proxylog.testing import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from proxylog.config.redact import (
     RAILS_FILTER_PARAMETERS,
     RedactSpec,
 )
-from proxylog.detectors import DETECTORS
+from proxylog.redact.detectors import DETECTORS
 
 
 def test_defaults_apply_when_redact_is_absent() -> None:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from proxylog.cli import main
-from proxylog.config._reader import Node
+from proxylog.config.reader import Node
 from proxylog.config.rules import parse_rules
 from proxylog.record import encode_record
 from proxylog.rules import RuleEngine

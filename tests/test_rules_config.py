@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from proxylog.config import ConfigError, parse_config
-from proxylog.config._reader import Node
+from proxylog.config.reader import Node
 from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import named_lists, parse_rules
 from proxylog.rules.named_lists import load_list

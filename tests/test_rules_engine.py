@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxylog.config._reader import Node
+from proxylog.config.reader import Node
 from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import parse_rules
 from proxylog.errors import ConfigError
@@ -30,8 +30,12 @@ def _spec(rules: list[dict[str, Any]] | None = None, allow: list[str] | None = N
     )
 
 
-def _facts(ip: str = "203.0.113.7", path: str = "/", ua: str | None = "Mozilla/5.0") -> RequestFacts:
-    return RequestFacts(0.0, ip, "GET", path, None, ua, frozenset({"user-agent"}), "app.example.com")
+def _facts(
+    ip: str = "203.0.113.7", path: str = "/", ua: str | None = "Mozilla/5.0", resolved: bool = True
+) -> RequestFacts:
+    return RequestFacts(
+        0.0, ip, "GET", path, None, ua, frozenset({"user-agent"}), "app.example.com", resolved
+    )
 
 
 ROOT = Path(__file__).parent.parent
@@ -286,7 +290,7 @@ SQLMAP = "sqlmap/1.7"
 
 def _pack_engine(extra: list[dict[str, Any]] | None = None) -> RuleEngine:
     spec = parse_rules(Node([DEFAULT_PACK, *(extra or [])], "rules"), None, None, base_dir=ROOT)
-    return RuleEngine(spec, FakeClock(), trusted=TRUSTED)
+    return RuleEngine(spec, FakeClock())
 
 
 def test_a_scanner_behind_a_balancer_writing_ports_is_banned_not_the_balancer() -> None:
@@ -306,9 +310,10 @@ def test_an_unresolved_client_is_tagged_never_counted_blocked_or_banned() -> Non
     garbage = TrustedProxies(TRUSTED).resolve("10.0.0.5", ["unknown"])
     assert garbage.ip == "10.0.0.5"
     for _ in range(5):
-        verdict = engine.check(_facts(garbage.ip, path="/.env", ua=SQLMAP))
+        facts = _facts(garbage.ip, path="/.env", ua=SQLMAP, resolved=garbage.resolved)
+        verdict = engine.check(facts)
         assert (verdict.block, verdict.tags) == (False, ("unresolved-client",))
-        observed = engine.observe(_facts(garbage.ip, path="/.env", ua=SQLMAP), 500)
+        observed = engine.observe(facts, 500)
     assert observed.tags == ("spike",)  # global rules still count it
     assert engine.bans() == []
     assert engine.peek("net", "10.0.0.5") == 0  # its /24 is never counted, so never banned
@@ -319,8 +324,10 @@ def test_bans_covering_a_trusted_proxy_never_block_its_unresolved_requests() -> 
     engine = _pack_engine()
     engine.ban("10.0.0.0/24", 60)
     engine.ban("10.0.0.5", 60)
-    assert not engine.check(_facts("10.0.0.5")).block
-    assert engine.check(_facts("10.0.0.5")).tags == ("unresolved-client",)
+    proxy = TrustedProxies(TRUSTED).resolve("10.0.0.5", [])
+    assert not proxy.resolved
+    assert not engine.check(_facts(proxy.ip, resolved=False)).block
+    assert engine.check(_facts(proxy.ip, resolved=False)).tags == ("unresolved-client",)
 
 
 def test_ipv4_mapped_allow_entries_cover_ipv4_clients() -> None:

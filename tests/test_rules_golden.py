@@ -31,8 +31,10 @@ from typing import Any
 import pytest
 import yaml
 
-from proxylog.config._reader import Node
+from proxylog.config.reader import Node
 from proxylog.config.rules import parse_rules
+from proxylog.identity import TrustedProxies
+from proxylog.record import Mode
 from proxylog.rules import RequestFacts, RuleEngine, RuleEvent, Verdict
 from proxylog.testing import FakeClock
 
@@ -45,7 +47,7 @@ def _cases() -> list[Path]:
     return sorted(p for p in CASES.iterdir() if (p / "events.yaml").is_file())
 
 
-def _load_engine(case: Path, clock: FakeClock, events: list[RuleEvent]) -> RuleEngine:
+def _load_engine(case: Path, clock: FakeClock, events: list[RuleEvent]) -> tuple[RuleEngine, TrustedProxies]:
     data = yaml.safe_load((case / "rules.yaml").read_text()) or {}
     allowed = {"rules", "intel", "allow", "trusted_proxies"}
     assert set(data) <= allowed, f"{case.name}/rules.yaml: only {', '.join(sorted(allowed))}"
@@ -56,10 +58,10 @@ def _load_engine(case: Path, clock: FakeClock, events: list[RuleEvent]) -> RuleE
         base_dir=case,
     )
     trusted = Node(data.get("trusted_proxies", []), "trusted_proxies").networks()
-    return RuleEngine(spec, clock, listener=events.append, trusted=trusted)
+    return RuleEngine(spec, clock, listener=events.append), TrustedProxies(trusted)
 
 
-def _facts(request: dict[str, Any], index: int, ts: float) -> RequestFacts:
+def _facts(request: dict[str, Any], index: int, ts: float, trusted: TrustedProxies) -> RequestFacts:
     def text(value: Any) -> Any:
         return value.format(i=index) if isinstance(value, str) else value
 
@@ -67,15 +69,17 @@ def _facts(request: dict[str, Any], index: int, ts: float) -> RequestFacts:
     headers = set(request.get("headers", []))
     if ua is not None:
         headers.add("user-agent")
+    ip = text(request.get("ip", "203.0.113.7"))
     return RequestFacts(
         ts=ts,
-        client_ip=text(request.get("ip", "203.0.113.7")),
+        client_ip=ip,
         method=request.get("method", "GET"),
         path=text(request.get("path", "/")),
         query=text(request.get("query")),
         user_agent=ua,
         header_names=frozenset(headers),
         host=request.get("host", "app.example.com"),
+        resolved=not trusted.is_trusted(ip),  # a trusted proxy as the client: no one behind it
     )
 
 
@@ -104,7 +108,7 @@ def _check(
         "block": verdict.block,
         "status": verdict.status,
         "retry_after": verdict.retry_after,
-        "enforce": verdict.enforce,
+        "enforce": None if verdict.mode is None else verdict.mode == Mode.ENFORCE,
         "body": verdict.body,
         "tags": sorted(verdict.tags),
         "rules": sorted(hit.id for hit in verdict.rules),
@@ -129,8 +133,8 @@ def test_golden_case(case: Path) -> None:
     script = yaml.safe_load((case / "events.yaml").read_text())
     clock = FakeClock(script.get("start", START))
     events: list[RuleEvent] = []
-    engine = _load_engine(case, clock, events)
-    mode = script.get("mode", "monitor")
+    engine, trusted = _load_engine(case, clock, events)
+    mode = Mode(script.get("mode", "monitor"))
     defaults = script.get("defaults", {})
     for number, event in enumerate(script["events"]):
         unknown = set(event) - REQUEST_KEYS - {"at", "repeat", "every", "status", "expect", "action", "note"}
@@ -148,11 +152,9 @@ def test_golden_case(case: Path) -> None:
         repeat = event.get("repeat", 1)
         for index in range(repeat):
             clock.now = start + index * event.get("every", 1)
-            facts = _facts(request, index, clock.now)
+            facts = _facts(request, index, clock.now, trusted)
             verdict = engine.check(facts)
-            enforced = verdict.block and (
-                verdict.enforce if verdict.enforce is not None else mode == "enforce"
-            )
+            enforced = verdict.enforced(mode)
             observed = None if enforced else engine.observe(facts, event.get("status"))
         if "expect" in event:
             _check(f"{case.name} event {number}", event["expect"], verdict, observed, engine, facts.client_ip)

@@ -17,7 +17,7 @@ from proxylog.config.sinks import RetrySpec, SinkSpec
 from proxylog.errors import SinkError
 from proxylog.redact import Redactor
 from proxylog.sinks import PartialFailure, PoisonBatch, SinkWorker
-from proxylog.sinks._spool import Spool
+from proxylog.sinks.spool import Spool
 from proxylog.sinks.stdout import StdoutSink
 from proxylog.testing import MemorySink
 

@@ -5,19 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
-from proxylog.config._reader import (
-    IPNetwork,
-    Node,
-    load_yaml,
-    optional,
-    parse_duration,
-    parse_host_port,
-    parse_size,
-)
 from proxylog.config.ops import (
     AlertSpec,
     ControlSpec,
@@ -26,11 +17,21 @@ from proxylog.config.ops import (
     parse_control,
     parse_metrics,
 )
+from proxylog.config.reader import (
+    Node,
+    load_yaml,
+    optional,
+    parse_duration,
+    parse_host_port,
+    parse_size,
+)
 from proxylog.config.redact import RedactSpec, parse_redact
 from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import parse_rules
 from proxylog.config.sinks import FileSpec, SinkSpec, StdoutSpec, parse_sinks
 from proxylog.errors import ConfigError
+from proxylog.net import IPNetwork
+from proxylog.record import MODES, Mode
 
 __all__ = [
     "AlertSpec",
@@ -56,12 +57,14 @@ __all__ = [
     "parse_upstream",
 ]
 
-Mode = Literal["monitor", "enforce"]
-MODES: tuple[Mode, ...] = ("monitor", "enforce")
 Schema = Literal["nested", "flat"]
-SCHEMAS: tuple[Schema, ...] = ("nested", "flat")
+SCHEMAS: tuple[Schema, ...] = get_args(Schema)
 LogLevel = Literal["debug", "info", "warning", "error"]
-LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
+# Which data plane serves: `auto` is the fast plane for a plain-HTTP reverse proxy to an http://
+# upstream, mitmproxy for everything else (`modes:`, TLS, HTTP/2, transparent).
+Engine = Literal["auto", "fast", "mitmproxy"]
+ENGINES: tuple[Engine, ...] = get_args(Engine)
 UPSTREAM_SCHEMES = ("http", "https")
 
 
@@ -120,8 +123,9 @@ class Config:
     upstream: str | None = "http://127.0.0.1:3000"
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     modes: tuple[str, ...] = ()
+    engine: Engine = "auto"
     trusted_proxies: tuple[IPNetwork, ...] = ()
-    mode: Mode = "monitor"
+    mode: Mode = Mode.MONITOR
     timeouts: TimeoutSpec = field(default_factory=TimeoutSpec)
     limits: LimitSpec = field(default_factory=LimitSpec)
     record: RecordSpec = field(default_factory=RecordSpec)
@@ -158,6 +162,7 @@ _TOP_KEYS = frozenset(
         "upstream",
         "listen",
         "modes",
+        "engine",
         "trusted_proxies",
         "mode",
         "timeouts",
@@ -200,10 +205,12 @@ def parse_config(data: Any, source: str | None = None) -> Config:
         kwargs["listen"] = parse_listen(fields.require("listen").value)
     if "modes" in fields:
         kwargs["modes"] = fields.require("modes").strings()
+    if "engine" in fields:
+        kwargs["engine"] = fields.require("engine").choice(ENGINES)
     if "trusted_proxies" in fields:
         kwargs["trusted_proxies"] = _parse_trusted_proxies(fields.require("trusted_proxies"))
     if "mode" in fields:
-        kwargs["mode"] = fields.require("mode").choice(MODES)
+        kwargs["mode"] = Mode(fields.require("mode").choice(MODES))
     if "timeouts" in fields:
         kwargs["timeouts"] = _parse_timeouts(fields.require("timeouts"))
     if "limits" in fields:
@@ -317,3 +324,19 @@ def _parse_log(node: Node) -> LogSpec:
             fields.get("max_line_bytes"), lambda n: n.size(min=80), defaults.max_line_bytes
         ),
     )
+
+
+def serving_engine(config: Config) -> Literal["fast", "mitmproxy"]:
+    """The data plane that serves `config`: `engine:` resolved. Raises ConfigError for
+    `engine: fast` where only mitmproxy can serve (`modes:`, an https:// upstream)."""
+    plain = not config.modes and config.upstream is not None and config.upstream.startswith("http://")
+    if config.engine == "mitmproxy" or (config.engine == "auto" and not plain):
+        return "mitmproxy"
+    if not plain:
+        why = "`modes:` is set" if config.modes else "the upstream is not http://"
+        raise ConfigError(
+            "engine",
+            f"fast serves a plain-HTTP reverse proxy to an http:// upstream, but {why}: "
+            "use auto or mitmproxy",
+        )
+    return "fast"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-from proxylog.config._reader import Node
+from proxylog.config.reader import Node
 
 AlertType = Literal["webhook", "slack"]
-ALERT_TYPES: tuple[AlertType, ...] = ("webhook", "slack")
+ALERT_TYPES: tuple[AlertType, ...] = get_args(AlertType)
 
 
 @dataclass(frozen=True, slots=True)

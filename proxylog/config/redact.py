@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import re2
 
-from proxylog.config._reader import Fields, Node
+from proxylog.config.reader import Fields, Node
 
 Action = Literal["mask", "hash", "partial", "drop"]
-ACTIONS: tuple[Action, ...] = ("mask", "hash", "partial", "drop")
+ACTIONS: tuple[Action, ...] = get_args(Action)
 
 DETECTOR_NAMES = (
     "jwt",

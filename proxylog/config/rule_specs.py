@@ -4,26 +4,25 @@ and the engine (proxylog.rules) compiles. Plain data, no parsing here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
-from proxylog.config._reader import IPNetwork
+from proxylog.net import IPNetwork
+from proxylog.record import Mode
 
 DEFAULT_MAX_KEYS = 100_000
 
 KeyKind = Literal["client", "client_net", "global"]
-KEY_KINDS: tuple[KeyKind, ...] = ("client", "client_net", "global")
+KEY_KINDS: tuple[KeyKind, ...] = get_args(KeyKind)
 Action = Literal["tag", "block"]
-ACTIONS: tuple[Action, ...] = ("tag", "block")
-RuleMode = Literal["monitor", "enforce"]
-RULE_MODES: tuple[RuleMode, ...] = ("monitor", "enforce")
+ACTIONS: tuple[Action, ...] = get_args(Action)
 Precision = Literal["exact", "approx"]
-PRECISIONS: tuple[Precision, ...] = ("exact", "approx")
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 Distinct = Literal["path", "query", "url", "user_agent", "method", "host"]
-DISTINCTS: tuple[Distinct, ...] = ("path", "query", "url", "user_agent", "method", "host")
+DISTINCTS: tuple[Distinct, ...] = get_args(Distinct)
 PatternField = Literal["path", "query", "url", "user_agent", "host"]
-PATTERN_FIELDS: tuple[PatternField, ...] = ("path", "query", "url", "user_agent", "host")
+PATTERN_FIELDS: tuple[PatternField, ...] = get_args(PatternField)
 IntelFormat = Literal["auto", "netset", "plain", "spamhaus", "json"]
-INTEL_FORMATS: tuple[IntelFormat, ...] = ("auto", "netset", "plain", "spamhaus", "json")
+INTEL_FORMATS: tuple[IntelFormat, ...] = get_args(IntelFormat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +91,7 @@ class RuleSpec:
     tag_matches: bool = False
     ban: float | None = None
     escalate: EscalateSpec | None = None
-    mode: RuleMode | None = None
+    mode: Mode | None = None
     response: ResponseSpec = field(default_factory=ResponseSpec)
     max_keys: int = DEFAULT_MAX_KEYS
     description: str | None = None
@@ -114,7 +113,7 @@ class IntelSpec:
     tags: tuple[str, ...] = ()
     refresh: float = 3600.0
     include_private: bool = False
-    mode: RuleMode | None = None
+    mode: Mode | None = None
     response: ResponseSpec = field(default_factory=ResponseSpec)
 
 

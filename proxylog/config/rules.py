@@ -17,7 +17,7 @@ from typing import Any
 import re2
 import yaml
 
-from proxylog.config._reader import Node, load_yaml, optional
+from proxylog.config.reader import Node, load_yaml, optional
 from proxylog.config.rule_specs import (
     ACTIONS,
     DEFAULT_MAX_KEYS,
@@ -26,7 +26,6 @@ from proxylog.config.rule_specs import (
     KEY_KINDS,
     PATTERN_FIELDS,
     PRECISIONS,
-    RULE_MODES,
     Action,
     EscalateSpec,
     IntelSpec,
@@ -40,6 +39,7 @@ from proxylog.config.rule_specs import (
     RulesSpec,
 )
 from proxylog.errors import ConfigError
+from proxylog.record import MODES, Mode
 
 # An exact window stores up to `threshold` timestamps per key; above this, default to approx.
 EXACT_MAX_THRESHOLD = 100
@@ -188,7 +188,7 @@ class _Parser:
             tag_matches=optional(fields.get("tag_matches"), Node.boolean, False),
             ban=optional(fields.get("ban"), lambda n: n.duration(min=1), None),
             escalate=optional(fields.get("escalate"), _escalate, None),
-            mode=optional(fields.get("mode"), lambda n: n.choice(RULE_MODES), None),
+            mode=optional(fields.get("mode"), lambda n: Mode(n.choice(MODES)), None),
             response=optional(fields.get("response"), _response, _default_response(when, unless)),
             max_keys=optional(
                 fields.get("max_keys"), lambda n: n.integer(min=1, max=10_000_000), DEFAULT_MAX_KEYS
@@ -324,7 +324,7 @@ def _intel(node: Node, base: Path) -> IntelSpec:
         tags=optional(fields.get("tags"), _tags, (name,)),
         refresh=optional(fields.get("refresh"), lambda n: n.duration(min=1), 3600.0),
         include_private=optional(fields.get("include_private"), Node.boolean, False),
-        mode=optional(fields.get("mode"), lambda n: n.choice(RULE_MODES), None),
+        mode=optional(fields.get("mode"), lambda n: Mode(n.choice(MODES)), None),
         response=optional(fields.get("response"), _response, ResponseSpec()),
     )
 

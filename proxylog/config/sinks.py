@@ -10,17 +10,17 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from proxylog.config._reader import Fields, Node, display_url
+from proxylog.config.reader import Fields, Node, display_url
 
 Overflow = Literal["spool", "drop"]
-OVERFLOWS: tuple[Overflow, ...] = ("spool", "drop")
+OVERFLOWS: tuple[Overflow, ...] = get_args(Overflow)
 HttpFormat = Literal["ndjson", "elasticsearch", "loki"]
-HTTP_FORMATS: tuple[HttpFormat, ...] = ("ndjson", "elasticsearch", "loki")
+HTTP_FORMATS: tuple[HttpFormat, ...] = get_args(HttpFormat)
 SyslogTransport = Literal["udp", "tcp", "tls"]
-SYSLOG_TRANSPORTS: tuple[SyslogTransport, ...] = ("udp", "tcp", "tls")
+SYSLOG_TRANSPORTS: tuple[SyslogTransport, ...] = get_args(SyslogTransport)
 
 FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,

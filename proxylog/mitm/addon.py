@@ -17,21 +17,13 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from proxylog.config import Config, ConfigError, TimeoutSpec, load_config
-from proxylog.mitm import _connections
-from proxylog.mitm.deadlines import Deadlines
-from proxylog.mitm.flows import (
-    ByteCounter,
-    FlowState,
-    facts_from_flow,
-    record_from_flow,
-    start_flow,
-    start_response,
-    state_of,
-    status_sent,
-)
+from proxylog.deadlines import Deadlines
+from proxylog.http1 import make_reply
+from proxylog.mitm import connections
+from proxylog.mitm.flows import ByteCounter, FlowState, settle, start_flow, start_response, state_of
 from proxylog.mitm.layers import guard_http1, refuse_tls_on_plain_listener
-from proxylog.mitm.replies import make_reply, reject, reply, reply_to_error
-from proxylog.rules import Verdict
+from proxylog.mitm.replies import reject, reply, reply_to_error
+from proxylog.pipeline import Pipeline
 from proxylog.runtime import Runtime
 
 logger = logging.getLogger("proxylog")
@@ -71,24 +63,40 @@ class ProxyLog:
         """`config` fixes the config (`proxylog serve`); otherwise the `proxylog_config` option
         names a file. `runtime` injects a ready Runtime (tests pass one with a MemorySink)."""
         self._preset = config or (runtime.config if runtime else None)
-        self.runtime: Runtime | None = runtime
         # Requests between requestheaders and their record, by flow id.
         self._inflight: dict[str, http.HTTPFlow] = {}
         self._draining = False
-        # Puma's response headers are due timeouts.upstream after the request ends.
-        self._upstream_due: Deadlines[str, http.HTTPFlow] = Deadlines(lambda: self._timeouts().upstream)
-        # A client's request headers are due timeouts.header after it connects or is answered.
-        self._headers_due: Deadlines[str, Any] = Deadlines(lambda: self._timeouts().header)
+        # Puma's response headers are due timeouts.upstream after the request ends; a client's
+        # request headers timeouts.header after it connects or is answered. Retuned on reload.
+        self._upstream_due: Deadlines[http.HTTPFlow] = Deadlines(TimeoutSpec().upstream)
+        self._headers_due: Deadlines[Any] = Deadlines(TimeoutSpec().header)
         self._sweeper: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._drained.set()
+        self._runtime: Runtime | None = None
+        self.pipeline: Pipeline
+        self.runtime = runtime
+
+    @property
+    def runtime(self) -> Runtime | None:
+        return self._runtime
+
+    @runtime.setter
+    def runtime(self, runtime: Runtime | None) -> None:
+        self._runtime = runtime
+        if runtime is not None:
+            self.pipeline = Pipeline(runtime)
+            runtime.hooks.apply.append(self._retune)
+            self._retune(runtime.config)
+
+    def _retune(self, config: Config) -> None:
+        """A (re)loaded config's timeouts, for deadlines armed from now on."""
+        self._upstream_due.retune(config.timeouts.upstream)
+        self._headers_due.retune(config.timeouts.header)
 
     @property
     def inflight(self) -> int:
         return len(self._inflight)
-
-    def _timeouts(self) -> TimeoutSpec:
-        return self.runtime.config.timeouts if self.runtime is not None else TimeoutSpec()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -142,8 +150,8 @@ class ProxyLog:
         out first. Idle keep-alive connections are closed at once; a request that still
         arrives on an open connection is answered 503 with `Connection: close`."""
         self._draining = True
-        for client in self._headers_due.pop_all():
-            _connections.close_client(client, "proxylog: shutting down")
+        for client in self._headers_due.clear():
+            connections.close_client(client, "proxylog: shutting down")
         try:
             await asyncio.wait_for(self._drained.wait(), timeout)
         except TimeoutError:
@@ -192,13 +200,10 @@ class ProxyLog:
                 request.scheme = "https" if client.tls_established else "http"
             flow = http.HTTPFlow(client, server)
             flow.request = request
-            state = start_flow(flow, runtime.trusted, runtime.config.record)
-            state.mode = runtime.mode
-            if runtime.engine.enabled:  # smuggling probes count toward status rules
-                state.facts = facts_from_flow(flow, state, runtime.config.record)
+            state = start_flow(flow, self.pipeline)  # facts too: smuggling probes count toward status rules
             state.error_type, state.error_message = "request_invalid", why
             answer = make_reply(status, state.request_id, request.method == "HEAD")
-            state.replied_status, state.replied_bytes = status, len(answer)
+            state.status, state.replied, state.response_head_bytes = status, True, len(answer)
             self._record(flow, state)
             return answer
         except Exception:
@@ -211,13 +216,10 @@ class ProxyLog:
         runtime = self.runtime
         if runtime is None or state_of(flow) is not None:
             return
-        self._headers_due.disarm(flow.client_conn.id)
-        state = start_flow(flow, runtime.trusted, runtime.config.record)
-        state.mode = runtime.mode
+        self._headers_due.disarm(flow.client_conn)
+        state = start_flow(flow, self.pipeline)
         self._inflight[flow.id] = flow
         self._drained.clear()
-        if runtime.engine.enabled:
-            state.facts = facts_from_flow(flow, state, runtime.config.record)
         if flow.error or flow.response:
             return
         if self._draining:
@@ -228,34 +230,27 @@ class ProxyLog:
             return
         if _over_body_limit(flow, runtime.config.limits.body_size):
             return  # mitmproxy refuses it next (413): no verdict, so no second reply
-        if state.facts is not None and self._apply(flow, state, runtime.engine.check(state.facts)):
+        if self._apply(flow, state):
             return
         if flow.request.stream or state.chunked_upload:
             # Large or chunked uploads go straight to Puma, counted, never stored.
             state.request_counter = flow.request.stream = ByteCounter()
 
-    def _apply(self, flow: http.HTTPFlow, state: FlowState, verdict: Verdict) -> bool:
-        """Note the engine's request-time verdict on the flow, tell Puma the tags, and block
-        when enforcement applies (the mode, or the rule's own override). True if blocked."""
-        if verdict.tags:
-            state.tags = verdict.tags
-            tags = ",".join(verdict.tags).encode("ascii", "replace")
-            flow.request.headers.fields += ((b"X-Proxylog-Tags", tags),)
-        state.hits = verdict.rules
-        if not verdict.block:
+    def _apply(self, flow: http.HTTPFlow, state: FlowState) -> bool:
+        """The pipeline's request-time decision: tags to Puma, and the reply when a block is
+        enforced. True if blocked."""
+        block = self.pipeline.decide(state)
+        if state.tags:
+            flow.request.headers.fields = tuple(state.upstream_headers)
+        if block is None:
             return False
-        state.enforced = verdict.enforce if verdict.enforce is not None else state.mode == "enforce"
-        if not state.enforced:
-            state.action = "would_block"
-            return False
-        state.action = "blocked"
-        reply(flow, state, verdict.status, retry_after=verdict.retry_after, body=verdict.body)
+        reply(flow, state, block.status, retry_after=block.retry_after, body=block.body)
         return True
 
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
         if self.runtime is not None and state_of(flow) is not None and not (flow.response or flow.error):
-            self._upstream_due.arm(flow.id, flow)
+            self._upstream_due.arm(flow)
 
     @guarded
     def server_connect(self, data: Any) -> None:
@@ -271,11 +266,11 @@ class ProxyLog:
 
     @guarded
     def client_connected(self, client: Any) -> None:
-        self._headers_due.arm(client.id, client)
+        self._headers_due.arm(client)
 
     @guarded
     def client_disconnected(self, client: Any) -> None:
-        self._headers_due.disarm(client.id)
+        self._headers_due.disarm(client)
 
     async def _sweep_deadlines(self) -> None:
         while True:
@@ -291,12 +286,12 @@ class ProxyLog:
         if state is None or state.done or flow.response is not None or flow.error is not None:
             return
         state.timed_out = True
-        if not _connections.abort_upstream(flow, "proxylog: upstream timeout"):
+        if not connections.abort_upstream(flow, "proxylog: upstream timeout"):
             logger.warning("upstream timeout but no upstream connection to abort")
 
     @guarded
     def _header_timeout(self, client: Any) -> None:
-        if _connections.close_client(client, "proxylog: request headers too slow") and self.runtime:
+        if connections.close_client(client, "proxylog: request headers too slow") and self.runtime:
             self.runtime.metrics.header_timeouts += 1
             logger.info("closed %s: no complete request headers in time", client.peername[0])
 
@@ -305,8 +300,8 @@ class ProxyLog:
         state = state_of(flow)
         if state is None or self.runtime is None:
             return
-        self._upstream_due.disarm(flow.id)
-        if start_response(flow, state, self.runtime.config.record):
+        self._upstream_due.disarm(flow)
+        if start_response(flow, state, self.pipeline):
             # Streamed as it arrives and counted; mitmproxy would otherwise buffer it whole.
             state.response_counter = flow.response.stream = ByteCounter()  # type: ignore[union-attr]
 
@@ -321,30 +316,21 @@ class ProxyLog:
         state = state_of(flow)
         if state is None or state.done:
             return
-        self._upstream_due.disarm(flow.id)
-        if state.error_type is None and state.replied_status is None:
+        self._upstream_due.disarm(flow)
+        if state.error_type is None and not state.replied:
             # (when proxylog already answered, e.g. a block, this is just its own kill)
             reply_to_error(flow, state)
         self._finish(flow, state)
 
-    @staticmethod
-    def _observe(state: FlowState, verdict: Verdict) -> None:
-        """Fold what the response told the engine into the record (tags and rule counts)."""
-        if verdict.tags:
-            state.tags = tuple(dict.fromkeys((*state.tags, *verdict.tags)))
-        if verdict.rules:
-            state.hits = (*state.hits, *verdict.rules)
-
     def _finish(self, flow: http.HTTPFlow, state: FlowState) -> None:
         if state.done or self.runtime is None:
             return
-        state.done = True
-        self._upstream_due.disarm(flow.id)
+        self._upstream_due.disarm(flow)
         keep_alive = flow.request.http_version.startswith("HTTP/1") and not (
             flow.websocket or (flow.response is not None and flow.response.status_code == 101)
         )
         if keep_alive and flow.client_conn.connected and not self._draining:
-            self._headers_due.arm(flow.client_conn.id, flow.client_conn)  # the next request
+            self._headers_due.arm(flow.client_conn)  # the next request
         try:
             self._record(flow, state)
         finally:
@@ -353,12 +339,9 @@ class ProxyLog:
                 self._drained.set()
 
     def _record(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        runtime = self.runtime
-        if runtime is None:
-            return
-        if state.facts is not None and state.action != "blocked":
-            self._observe(state, runtime.engine.observe(state.facts, status_sent(flow, state)))
-        runtime.emit(record_from_flow(flow, state, runtime.config.record, body_parser=runtime.body_parser))
+        if self.runtime is not None:
+            settle(flow, state)
+            self.pipeline.finish(state)
 
 
 def _over_body_limit(flow: http.HTTPFlow, limit: int | None) -> bool:

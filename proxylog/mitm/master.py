@@ -10,8 +10,6 @@ import asyncio
 import inspect
 import logging
 import os
-import signal
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -20,71 +18,10 @@ from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfi
 from mitmproxy.proxy import mode_specs
 
 from proxylog.config import Config, ConfigError
+from proxylog.diagnostics import announce_listening
 from proxylog.mitm.addon import ProxyLog
 
 logger = logging.getLogger("proxylog")
-
-
-async def serve(
-    config: Config, *, enforce: bool = False, flags: Callable[[Config], Config] | None = None
-) -> int:
-    """Run `proxylog serve` until SIGTERM/SIGINT: build the runtime (restoring persisted mode
-    and bans), start the control and metrics endpoints, then the proxy. Returns the exit code."""
-    from proxylog.control import ControlServer, MetricsServer
-    from proxylog.runtime import Runtime
-    from proxylog.statefile import StateFile
-
-    runtime = Runtime(config, state=StateFile(config.state_dir), flags=flags)
-    runtime.restore()
-    if enforce:  # the operator's choice, even when the config already enforces
-        runtime.set_mode("enforce", "proxylog serve --enforce")
-    addon = ProxyLog(runtime=runtime)
-    master = LeanMaster(config, addon)
-    runtime.hooks.validate.append(proxy_modes)
-    runtime.hooks.apply.append(master.apply_options)
-    control = ControlServer(runtime, extra_status=lambda: {"inflight": addon.inflight})
-    metrics = MetricsServer(runtime)
-    try:
-        await control.start()
-        await metrics.start()
-    except OSError as e:
-        await control.stop()
-        print(f"proxylog: cannot start the control or metrics endpoint: {e}", file=sys.stderr)
-        return 1
-    watcher = (
-        asyncio.get_running_loop().create_task(_watch(runtime))
-        if config.control.watch and config.source
-        else None
-    )
-    master.install_signal_handlers()
-    try:
-        await master.run()
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-        await metrics.stop()
-        await control.stop()
-    return 0
-
-
-async def _watch(runtime: Any) -> None:
-    """Reload when the config file's mtime or size changes (`control.watch`)."""
-    source = runtime.config.source
-
-    def stamp() -> tuple[float, int] | None:
-        try:
-            st = os.stat(source)
-        except OSError:
-            return None
-        return st.st_mtime, st.st_size
-
-    last = stamp()
-    while True:
-        await asyncio.sleep(runtime.config.control.watch_interval)
-        current = stamp()
-        if current is not None and current != last:
-            last = current
-            await runtime.reload("file watch")
 
 
 def proxy_modes(config: Config) -> list[str]:
@@ -179,7 +116,10 @@ class CachedDispatch(addonmanager.AddonManager):
 
 
 class LeanMaster(master.Master):
-    """A Master with only the addons proxylog needs, and a graceful SIGTERM/SIGINT drain."""
+    """A Master with only the addons proxylog needs, and a graceful SIGTERM/SIGINT drain: the
+    mitmproxy data plane as `proxylog serve` runs it."""
+
+    name = "mitmproxy"
 
     def __init__(self, config: Config, addon: ProxyLog | None = None, *, with_proxylog: bool = True) -> None:
         """`with_proxylog=False` builds the same master without the addon: the benchmarks'
@@ -209,34 +149,17 @@ class LeanMaster(master.Master):
             raise ConfigError("", str(e)) from e
         self._stopping = False
 
+    @property
+    def inflight(self) -> int:
+        return self.proxylog.inflight
+
     def listen_addrs(self) -> list[tuple[str, int]]:
         ps = self.addons.get("proxyserver")
         return [(a[0], a[1]) for a in ps.listen_addrs()] if ps else []
 
     async def running(self) -> None:
         await super().running()
-        addrs = ", ".join(f"{host}:{port}" for host, port in self.listen_addrs())
-        target = self.config.upstream if not self.config.modes else ", ".join(self.config.modes)
-        print(f"proxylog: listening on {addrs} -> {target}", file=sys.stderr, flush=True)
-
-    def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop, sig.name)
-        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
-
-    def on_sighup(self) -> None:
-        """SIGHUP: reload the config file (a bad one keeps the old config) and reopen the
-        sinks' files (for an external logrotate)."""
-        runtime = self.proxylog.runtime
-        if runtime is None:
-            return
-        logger.warning("SIGHUP received: reloading the config and reopening sink files")
-        runtime.reopen()
-        if runtime.config.source is not None:
-            task = asyncio.get_running_loop().create_task(runtime.reload("SIGHUP"))
-            self._reloads.add(task)  # a strong reference until it is done
-            task.add_done_callback(self._reloads.discard)
+        announce_listening(self.listen_addrs(), self.config, self.name)
 
     def apply_options(self, config: Config) -> None:
         """Apply a reloaded config's proxy options (bodies, idle timeout); modes need a restart."""

@@ -13,21 +13,12 @@ from __future__ import annotations
 from mitmproxy import http
 from mitmproxy.connection import ConnectionState
 
+from proxylog.http1 import REPLIES, make_reply
 from proxylog.identity import is_valid_request_id
-from proxylog.mitm import _connections
+from proxylog.mitm import connections
 from proxylog.mitm.flows import FlowState
 from proxylog.record import ErrorType
 
-_REPLIES = {
-    400: (b"Bad Request", b"400 Bad Request\n"),
-    413: (b"Content Too Large", b"413 Content Too Large\n"),
-    431: (b"Request Header Fields Too Large", b"431 Request Header Fields Too Large\n"),
-    503: (b"Service Unavailable", b"503 Service Unavailable: shutting down.\n"),
-    403: (b"Forbidden", b"403 Forbidden\n"),
-    429: (b"Too Many Requests", b"429 Too Many Requests: slow down.\n"),
-    502: (b"Bad Gateway", b"502 Bad Gateway: the application did not answer.\n"),
-    504: (b"Gateway Timeout", b"504 Gateway Timeout: the application took too long.\n"),
-}
 # Upstream failures proxylog answers itself.
 _REPLY_STATUS: dict[ErrorType, int] = {
     "upstream_connect": 502,
@@ -64,23 +55,6 @@ def classify_error(flow: http.HTTPFlow, state: FlowState) -> ErrorType:
     return "upstream_reset"
 
 
-def make_reply(
-    status: int, request_id: str, head_only: bool, *, retry_after: int | None = None, body: str | None = None
-) -> bytes:
-    """A complete HTTP/1.1 response from proxylog itself that closes the connection (no
-    X-Request-Id header when `request_id` is empty)."""
-    reason, default_body = _REPLIES.get(status, (b"Error", b"%d\n" % status))
-    content = default_body if body is None else body.encode("utf-8")
-    extra = b"retry-after: %d\r\n" % retry_after if retry_after is not None else b""
-    if request_id:
-        extra = b"x-request-id: %s\r\n%s" % (request_id.encode("ascii"), extra)
-    head = (
-        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-        b"%sconnection: close\r\n\r\n" % (status, reason, len(content), extra)
-    )
-    return head if head_only else head + content
-
-
 def error_reply(request: http.Request | None, status: int) -> bytes:
     """What an HTTP/1 client gets instead of mitmproxy's error page for `status`: the request's
     X-Request-Id (set by start_flow; none when there is no valid one) and no body for HEAD.
@@ -101,16 +75,15 @@ def write_reply(
     """Write a complete response straight to an HTTP/1 client and kill the flow, so mitmproxy
     closes the connection instead of sending its own page or waiting for an unread request
     body. False when the client is not HTTP/1 or already gone."""
-    if not (flow.killable and _connections.can_write_raw(flow)):
+    if not (flow.killable and connections.can_write_raw(flow)):
         return False
     reply = make_reply(
         status, state.request_id, flow.request.method == "HEAD", retry_after=retry_after, body=body
     )
-    if not _connections.write_to_client(flow, reply):
+    if not connections.write_to_client(flow, reply):
         return False
     flow.kill()
-    state.replied_status = status
-    state.replied_bytes = len(reply)
+    _replied(state, status, len(reply))
     return True
 
 
@@ -126,13 +99,16 @@ def reply(
     mitmproxy response (which, for HTTP/2, still waits for the request body)."""
     if write_reply(flow, state, status, retry_after=retry_after, body=body):
         return
-    content = body.encode() if body is not None else _REPLIES[status][1]
+    content = body.encode() if body is not None else REPLIES[status][1]
     headers = {"X-Request-Id": state.request_id, "Content-Type": "text/plain; charset=utf-8"}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
-    state.replied_status = status
-    state.replied_bytes = len(content)
+    _replied(state, status, len(content))
     flow.response = http.Response.make(status, content, headers)
+
+
+def _replied(state: FlowState, status: int, size: int) -> None:
+    state.status, state.replied, state.response_head_bytes = status, True, size
 
 
 def reject(flow: http.HTTPFlow, state: FlowState, status: int, error_type: ErrorType, why: str) -> None:
@@ -158,7 +134,7 @@ def reply_to_error(flow: http.HTTPFlow, state: FlowState) -> None:
         status = 502 if flow.response is not None else 413
     else:
         status = _MITMPROXY_STATUS.get(error_type)
-    state.replied_status = status
-    if status is not None and flow.request.http_version.startswith("HTTP/1"):
-        # what GuardedHttp1Server sends in place of mitmproxy's page
-        state.replied_bytes = len(error_reply(flow.request, status))
+    if status is not None:
+        # on HTTP/1, what GuardedHttp1Server sends in place of mitmproxy's page
+        http1 = flow.request.http_version.startswith("HTTP/1")
+        _replied(state, status, len(error_reply(flow.request, status)) if http1 else 0)

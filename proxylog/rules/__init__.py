@@ -7,9 +7,9 @@ come from `RulesSpec` (``rules:``, ``intel:``, ``allow:`` in the config).
 
 from __future__ import annotations
 
-from proxylog.rules._outcome import RuleStats
-from proxylog.rules._types import NO_VERDICT, Ban, RequestFacts, RuleEvent, RuleHit, Verdict
 from proxylog.rules.engine import RuleEngine
+from proxylog.rules.outcome import RuleStats
+from proxylog.rules.types import NO_VERDICT, Ban, RequestFacts, RuleEvent, RuleHit, Verdict
 
 __all__ = [
     "NO_VERDICT",

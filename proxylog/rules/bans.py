@@ -8,8 +8,8 @@ import logging
 from collections.abc import Callable, Iterable
 
 from proxylog.config.rule_specs import EscalateSpec
-from proxylog.rules._types import Ban, RuleEvent
 from proxylog.rules.clients import Client, normalize_key
+from proxylog.rules.types import Ban, RuleEvent
 from proxylog.state import Store
 
 # An operator's ban may cover at most a /8 of IPv4 or a /16 of IPv6 (`ctl ban 0.0.0.0/0`

@@ -7,19 +7,17 @@ import ipaddress
 import socket
 from collections.abc import Callable
 
-from proxylog.config._reader import unmap_network
 from proxylog.config.rule_specs import KeySpec
-from proxylog.identity import parse_ip
+from proxylog.net import parse_ip, unmap_network
 
 GLOBAL_KEY = "*"
 
 
 class Client:
     """A parsed client address with what does not change between its requests: whether it is
-    allowlisted, on intel lists, a trusted proxy (`unresolved`: the request named no client
-    behind it). `generation` says which allowlist/intel it saw."""
+    allowlisted, on intel lists. `generation` says which allowlist/intel it saw."""
 
-    __slots__ = ("_public", "allowed", "generation", "intel", "ip", "nets", "unresolved", "value", "version")
+    __slots__ = ("_public", "allowed", "generation", "intel", "ip", "nets", "value", "version")
 
     def __init__(self, text: str) -> None:
         try:  # the common case, ~20x cheaper than ipaddress
@@ -36,7 +34,6 @@ class Client:
             self.value = 0 if addr is None else int(addr)
         self._public: bool | None = None
         self.allowed = False
-        self.unresolved = False
         self.intel: tuple[int, ...] = ()  # indexes of the intel lists it is on
         self.generation = -1
         self.nets: dict[int, str] = {}

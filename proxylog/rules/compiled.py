@@ -16,8 +16,6 @@ from proxylog.rules.clients import KeyFunc, build_keys
 from proxylog.rules.matchers import DISTINCT_VALUE, Match, Scan, Scanner
 from proxylog.state import Counter, CounterSpec, Store
 
-_ENFORCE: dict[str | None, bool | None] = {None: None, "enforce": True, "monitor": False}
-
 
 class CompiledRule:
     """A rule ready for the hot path: its matches, keys, counters (own key, then tier) and
@@ -29,11 +27,11 @@ class CompiledRule:
         "body",
         "counter_names",
         "counters",
-        "enforce",
         "flags",
         "id",
         "keys",
         "member",
+        "mode",
         "per_client",
         "rate",
         "spec",
@@ -62,7 +60,7 @@ class CompiledRule:
         self.tag_matches = spec.tag_matches
         self.action = spec.action
         self.ban = spec.ban
-        self.enforce = _ENFORCE[spec.mode]
+        self.mode = spec.mode
         self.status = spec.response.status
         self.body = spec.response.body
         self.rate = self.status == 429

@@ -2,7 +2,7 @@
 
 `check` (request headers) and `observe` (response status known) are synchronous, O(rules)
 and never do I/O; the only clock they read is the injected one. The engine only decides:
-whether a block is enforced is the addon's business (the live mode, or `Verdict.enforce`).
+whether a block is enforced depends on the live mode (`Verdict.enforced`).
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from collections.abc import Callable, Iterable
 
 from cachetools import LRUCache
 
-from proxylog.config._reader import IPNetwork, unmap_network
 from proxylog.config.rule_specs import PatternField, RuleSpec, RulesSpec
 from proxylog.errors import ConfigError
+from proxylog.net import CidrSet, unmap_network
 from proxylog.record import RuleHit, format_timestamp
-from proxylog.rules._outcome import Outcome, RuleStats
-from proxylog.rules._types import NO_VERDICT, Ban, RequestFacts, RuleEvent, Verdict
 from proxylog.rules.bans import Bans
 from proxylog.rules.clients import Client, normalize_key
 from proxylog.rules.compiled import CompiledRule, RequestIndex, ResponseIndex, compile_matches
-from proxylog.rules.intel import CidrSet, IntelList
+from proxylog.rules.intel import IntelList
 from proxylog.rules.matchers import PatternSetError, Scan
+from proxylog.rules.outcome import Outcome, RuleStats
+from proxylog.rules.types import NO_VERDICT, Ban, RequestFacts, RuleEvent, Verdict
 from proxylog.state import Store
 from proxylog.state.memory import MemoryStore
 
@@ -47,8 +47,7 @@ class RuleEngine:
     `previous` carries state across a config reload: bans always, counters for rules whose
     spec did not change. `listener` receives RuleEvents (for alerts and audit); it is called
     on the request path, so it must be quick and must not block. `store` replaces the
-    in-process store (a shared backend). `trusted` are the trusted proxies: a client that is
-    one of them is unresolved (see `check`). Raises ConfigError when an intel file cannot load
+    in-process store (a shared backend). Raises ConfigError when an intel file cannot load
     or the rules' patterns cannot be compiled.
     """
 
@@ -60,7 +59,6 @@ class RuleEngine:
         previous: RuleEngine | None = None,
         listener: Callable[[RuleEvent], None] | None = None,
         store: Store | None = None,
-        trusted: Iterable[IPNetwork] = (),
     ) -> None:
         self.spec = spec
         self.clock = clock
@@ -90,7 +88,6 @@ class RuleEngine:
         self._intel = self._load_intel(spec, now, previous)
         self._runtime_allow: list[str] = list(previous._runtime_allow) if previous is not None else []
         self._allow = self._build_allow()
-        self._trusted = CidrSet(unmap_network(net) for net in trusted)
         self._generation = 0
         self._clients: Callable[[str], Client] = functools.lru_cache(maxsize=CLIENT_CACHE)(Client)
         # Flags and episodes belong with the counters: carried only when the store is.
@@ -133,7 +130,6 @@ class RuleEngine:
     def _classify(self, client: Client) -> None:
         generation = self._generation  # read first: a concurrent refresh then forces a redo
         client.allowed = bool(client.version) and self._allow.contains(client.version, client.value)
-        client.unresolved = bool(client.version) and self._trusted.contains(client.version, client.value)
         client.intel = tuple(
             index
             for index, lst in enumerate(self._intel)
@@ -147,9 +143,9 @@ class RuleEngine:
         """The request-time verdict: allowlisted → nothing; else an active ban, intel lists,
         tags from earlier responses, then request-time rules (which count this request).
 
-        An unresolved client (a trusted proxy: X-Forwarded-For was missing or named no
-        address) is tagged `unresolved-client` and only `key: global` rules apply: counting,
-        blocking or banning it would do so to everyone behind the proxy."""
+        An unresolved client (`facts.resolved` False: a trusted proxy whose X-Forwarded-For
+        was missing or named no address) is tagged `unresolved-client` and only `key: global`
+        rules apply: counting, blocking or banning it would do so to everyone behind the proxy."""
         client = self._client(facts.client_ip)
         if client.allowed:
             return NO_VERDICT
@@ -158,7 +154,7 @@ class RuleEngine:
         if now >= self._next_sweep:
             self._sweep(now)
         out: Outcome | None
-        if client.unresolved:
+        if not facts.resolved:
             out = Outcome()
             out.tags.append(UNRESOLVED_TAG)
         else:
@@ -269,7 +265,7 @@ class RuleEngine:
             stats.bans += new
         if request_time:
             retry = math.ceil(ban.until - now) if ban is not None else rule.retry_after
-            out.block(rule.enforce, rule.status, max(1, retry), rule.body, reason)
+            out.block(rule.mode, rule.status, max(1, retry), rule.body, reason)
         return out
 
     def _episode(self, rule: CompiledRule, key: str, count: int, threshold: int, now: float) -> None:
@@ -299,7 +295,7 @@ class RuleEngine:
         out.tags.extend(rule.tags if rule is not None else ("banned",))
         reason = f"banned {ban.key} ({ban.rule}) until {format_timestamp(ban.until)}"
         out.block(
-            rule.enforce if rule is not None else None,
+            rule.mode if rule is not None else None,
             rule.status if rule is not None else 403,
             max(1, math.ceil(ban.until - now)),
             rule.body if rule is not None else None,
@@ -313,8 +309,7 @@ class RuleEngine:
         out.tags.extend(spec.tags)
         out.hits.append(RuleHit(spec.name, 1, 1, 0.0))
         if spec.action == "block":
-            enforce = None if spec.mode is None else spec.mode == "enforce"
-            out.block(enforce, spec.response.status, None, spec.response.body, f"on intel list {spec.name}")
+            out.block(spec.mode, spec.response.status, None, spec.response.body, f"on intel list {spec.name}")
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + SWEEP_INTERVAL
@@ -409,7 +404,7 @@ class RuleEngine:
 def _counts(rule: CompiledRule, client: Client, facts: RequestFacts, status: int | None, scan: Scan) -> bool:
     """Whether `rule` counts this request: `when` holds, `unless` does not, and its key can
     count the client (only a global key counts an unresolved one)."""
-    if client.unresolved and rule.per_client:
+    if rule.per_client and not facts.resolved:
         return False
     if rule.when is not None and not rule.when(facts, status, scan):
         return False

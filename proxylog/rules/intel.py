@@ -3,94 +3,17 @@ set whose lookup is one bisect over merged ranges (well under 2 µs with 100k en
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
-import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import orjson
 
-from proxylog.config._reader import IPNetwork
 from proxylog.config.rule_specs import IntelSpec
+from proxylog.net import CidrSet, Range, network_range
 
 logger = logging.getLogger("proxylog")
-
-
-Range = tuple[int, int, int]  # (IP version, first address, last address) as integers
-
-
-def network_range(text: str) -> Range:
-    """The range of an IP or CIDR (host bits ignored; IPv4-mapped IPv6 becomes IPv4); raises
-    ValueError. Parses with inet_pton: ~15x faster than ipaddress for 100k-line lists."""
-    address, sep, length = text.partition("/")
-    try:
-        if ":" in address:
-            version, bits, value = (
-                6,
-                128,
-                int.from_bytes(socket.inet_pton(socket.AF_INET6, address.split("%")[0])),
-            )
-        else:
-            version, bits, value = 4, 32, int.from_bytes(socket.inet_pton(socket.AF_INET, address))
-    except OSError:
-        raise ValueError(f"not an IP address: {address!r}") from None
-    prefix = bits
-    if sep:
-        if not length.isdigit() or int(length) > bits:
-            raise ValueError(f"bad prefix length in {text!r}")
-        prefix = int(length)
-    if version == 6 and value >> 32 == 0xFFFF:  # ::ffff:a.b.c.d
-        version, bits, value, prefix = 4, 32, value & 0xFFFFFFFF, max(0, prefix - 96)
-    host = bits - prefix
-    first = value >> host << host
-    return version, first, first + (1 << host) - 1
-
-
-class CidrSet:
-    """Membership of (version, integer address) in a set of networks, via merged sorted ranges."""
-
-    __slots__ = ("_ends4", "_ends6", "_starts4", "_starts6", "size")
-
-    def __init__(self, networks: Iterable[IPNetwork | Range]) -> None:
-        ranges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-        size = 0
-        for net in networks:
-            if isinstance(net, tuple):
-                version, first, last = net
-            else:
-                version, first = net.version, int(net.network_address)
-                last = first + net.num_addresses - 1
-            ranges[version].append((first, last))
-            size += 1
-        self.size = size
-        self._starts4, self._ends4 = _merge(ranges[4])
-        self._starts6, self._ends6 = _merge(ranges[6])
-
-    def contains(self, version: int, value: int) -> bool:
-        """True if the address (4 or 6, as an integer) is in any of the networks."""
-        if version == 4:
-            i = bisect.bisect_right(self._starts4, value) - 1
-            return i >= 0 and value <= self._ends4[i]
-        i = bisect.bisect_right(self._starts6, value) - 1
-        return i >= 0 and value <= self._ends6[i]
-
-    def __len__(self) -> int:
-        return self.size
-
-
-def _merge(spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
-    """Sorted, disjoint ranges as parallel lists of first and last addresses."""
-    starts: list[int] = []
-    ends: list[int] = []
-    for first, last in sorted(spans):
-        if ends and first <= ends[-1] + 1:
-            ends[-1] = max(ends[-1], last)
-        else:
-            starts.append(first)
-            ends.append(last)
-    return starts, ends
 
 
 def _token(line: str, comments: str) -> str | None:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 import re2
 
 from proxylog.config.rule_specs import PATTERN_FIELDS, MatchSpec, PatternField
-from proxylog.rules._types import RequestFacts
 from proxylog.rules.named_lists import pattern_for
+from proxylog.rules.types import RequestFacts
 
 
 def _url(facts: RequestFacts) -> str:

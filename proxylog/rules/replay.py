@@ -1,4 +1,4 @@
-"""`proxylog replay`: historical records and logs through the rules, offline.
+"""Replay: historical records and logs through the rules, offline (`proxylog replay`).
 
 The record timestamps are the engine's clock (CrowdSec's time machine), so windows, bans
 and their expiry play out as they would have live. Security teams use it to tune a rule
@@ -7,37 +7,18 @@ pack on their own traffic before enforcing it.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import os
-import sys
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
-import orjson
-
-from proxylog.config import Config, ConfigError, load_config
-from proxylog.config._reader import IPNetwork, Node
 from proxylog.config.rule_specs import RulesSpec
-from proxylog.config.rules import parse_rules
-from proxylog.record import format_timestamp
-from proxylog.rules._types import RuleEvent
+from proxylog.record import Mode
 from proxylog.rules.engine import RuleEngine
-from proxylog.rules.sources import PARSERS, Entry, Skipped, open_text, read_entries
+from proxylog.rules.sources import Entry
+from proxylog.rules.types import RuleEvent
 from proxylog.state.memory import MemoryStore
-
-EPILOG = """\
-examples:
-  proxylog replay /var/log/proxylog/access.jsonl --config /etc/proxylog/proxylog.yaml
-  proxylog replay /var/log/nginx/access.log.1 --rules configs/rules/default.yaml
-  zcat access.log.*.gz | proxylog replay - --rules my-pack.yaml --events bans --json
-
-Input: proxylog's JSONL records (nested or flat), nginx/Apache common or combined log lines
-(.gz is read directly; - is stdin). Requests are sorted by timestamp and each timestamp is
-the engine's clock. In monitor mode (the default unless the config or --enforce says
-otherwise) every request is observed; in enforce mode requests a ban would block are not.
-"""
 
 
 class ReplayClock:
@@ -72,16 +53,17 @@ def replay(
     entries: Iterable[Entry],
     spec: RulesSpec,
     *,
-    mode: str = "monitor",
+    mode: Mode = Mode.MONITOR,
     sort: bool = True,
     on_event: Callable[[RuleEvent], None] | None = None,
     template: RuleEngine | None = None,
-    trusted: Iterable[IPNetwork] = (),
+    trusted: Callable[[str], bool] | None = None,
 ) -> ReplayReport:
     """Run requests through a fresh engine with their timestamps as its clock. In enforce mode
     a request the verdict would block is not observed (as the proxy would not forward it).
     A `template` engine of the same spec lends its loaded intel lists (no state is shared);
-    `trusted` proxies are unresolved clients, as live (the config's ``trusted_proxies``)."""
+    A client `trusted` says is a trusted proxy is unresolved, as live (the config's
+    ``trusted_proxies``: pass `TrustedProxies.is_trusted`)."""
     report = ReplayReport()
     clock = ReplayClock()
 
@@ -91,10 +73,12 @@ def replay(
             on_event(event)
 
     store = MemoryStore() if template is not None else None
-    engine = RuleEngine(spec, clock, listener=listen, previous=template, store=store, trusted=trusted)
+    engine = RuleEngine(spec, clock, listener=listen, previous=template, store=store)
     ordered = sorted(entries, key=lambda e: e.facts.ts) if sort else entries
     for entry in ordered:
         facts = entry.facts
+        if trusted is not None and trusted(facts.client_ip):
+            facts = dataclasses.replace(facts, resolved=False)
         clock.now = facts.ts
         report.requests += 1
         report.first_ts = facts.ts if report.first_ts is None else report.first_ts
@@ -102,7 +86,7 @@ def replay(
         report.clients.add(facts.client_ip)
         verdict = engine.check(facts)
         tags = set(verdict.tags)
-        enforced = verdict.block and (verdict.enforce if verdict.enforce is not None else mode == "enforce")
+        enforced = verdict.enforced(mode)
         if verdict.block:
             report.would_block += 1
         if enforced:
@@ -117,106 +101,6 @@ def replay(
     return report
 
 
-def register(commands: Any) -> None:
-    """Add ``proxylog replay`` to the `proxylog` subcommands."""
-    parser = commands.add_parser(
-        "replay",
-        help="run historical records or access logs through the rules",
-        description="Replay historical requests through the rules and print what would have "
-        "been tagged, blocked or banned, and when.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("files", metavar="FILE", nargs="+", help="JSONL records or access logs (- for stdin)")
-    parser.add_argument(
-        "--config", "-c", metavar="FILE", help="proxylog config whose rules, intel and allowlist apply"
-    )
-    parser.add_argument(
-        "--rules", metavar="PACK", action="append", default=[], help="a rule pack file to add (repeatable)"
-    )
-    parser.add_argument(
-        "--format", choices=sorted(PARSERS), default="auto", help="input format (default: auto)"
-    )
-    modes = parser.add_mutually_exclusive_group()
-    modes.add_argument(
-        "--enforce", action="store_const", const="enforce", dest="mode", help="simulate enforce mode"
-    )
-    modes.add_argument(
-        "--monitor", action="store_const", const="monitor", dest="mode", help="simulate monitor mode"
-    )
-    parser.add_argument(
-        "--events", choices=("all", "bans", "none"), default="all", help="which events to list (default: all)"
-    )
-    parser.add_argument("--no-sort", action="store_true", help="replay in file order (input already sorted)")
-    parser.add_argument("--json", action="store_true", help="NDJSON: one line per event, then a summary line")
-    parser.set_defaults(func=cmd_replay)
-
-
-def _spec(args: argparse.Namespace) -> tuple[RulesSpec, Config]:
-    config = load_config(args.config) if args.config else Config()
-    if not args.rules:
-        return config.rules, config
-    packs = parse_rules(Node([{"include": pack} for pack in args.rules], "--rules"), None, None)
-    base = config.rules
-    clash = {r.id for r in base.rules} & {r.id for r in packs.rules}
-    clash |= {i.name for i in base.intel} & {i.name for i in packs.intel}
-    if clash:
-        raise ConfigError("--rules", f"{', '.join(sorted(clash))}: already in {args.config}")
-    spec = RulesSpec(base.rules + packs.rules, base.intel + packs.intel, base.allow, base.packs + packs.packs)
-    return spec, config
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    """Run ``proxylog replay``; returns the exit status (ConfigError propagates to the CLI)."""
-    try:
-        return _replay_command(args)
-    except BrokenPipeError:  # `proxylog replay ... | head`: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-
-
-def _replay_command(args: argparse.Namespace) -> int:
-    spec, config = _spec(args)
-    mode = args.mode or config.mode
-    out: TextIO = sys.stdout
-    if not spec.rules and not spec.intel:
-        print("proxylog replay: no rules to replay: pass --config FILE or --rules PACK", file=sys.stderr)
-        return 2
-    skipped = Skipped()
-    entries: list[Entry] = []
-    for path in args.files:
-        try:
-            with open_text(path) as f:
-                entries.extend(read_entries(f, args.format, skipped))
-        except OSError as e:
-            print(f"proxylog replay: cannot read {path}: {e}", file=sys.stderr)
-            return 1
-    show = _shown(args.events)
-
-    def run(on_event: Callable[[RuleEvent], None]) -> ReplayReport:
-        sort = not args.no_sort
-        return replay(entries, spec, mode=mode, sort=sort, on_event=on_event, trusted=config.trusted_proxies)
-
-    if args.json:
-        report = run(lambda e: _json_event(out, e, show))
-        _json_summary(out, report, spec, mode, skipped)
-        return 0
-    _print_header(out, args.files, entries, spec, mode, skipped)
-    if show:
-        print(f"\n{'WHEN':<27} {'EVENT':<6} {'RULE':<20} {'KEY':<24} DETAIL", file=out)
-    report = run(lambda e: _text_event(out, e, show))
-    _print_summary(out, report, spec, mode)
-    return 0
-
-
-def _shown(which: str) -> frozenset[str]:
-    return {
-        "all": frozenset({"rule_fired", "ban", "unban"}),
-        "bans": frozenset({"ban", "unban"}),
-        "none": frozenset(),
-    }[which]
-
-
 def duration(seconds: float) -> str:
     """``90`` → ``1m30s``; ``3600`` → ``1h``: the shortest readable form."""
     seconds = round(seconds)
@@ -228,113 +112,3 @@ def duration(seconds: float) -> str:
     return "".join(parts) or "0s"
 
 
-def _when(ts: float) -> str:
-    return format_timestamp(ts)[:19] + "Z" if ts == int(ts) else format_timestamp(ts)
-
-
-_EVENT_LABELS = {"rule_fired": "fired", "ban": "BAN", "unban": "unban"}
-
-
-def _text_event(out: TextIO, event: RuleEvent, show: frozenset[str]) -> None:
-    if event.kind not in show:
-        return
-    if event.kind == "ban" and event.until is not None:
-        detail = f"{event.count} ≥ {event.threshold}, banned {duration(event.until - event.ts)}"
-        if not event.threshold:
-            detail = f"banned {duration(event.until - event.ts)}"
-    elif event.kind == "rule_fired":
-        detail = f"{event.count} ≥ {event.threshold}"
-    else:
-        detail = "ban expired" if event.until is not None and event.until <= event.ts else "lifted"
-    print(
-        f"{_when(event.ts):<27} {_EVENT_LABELS[event.kind]:<6} {event.rule:<20} {event.key:<24} {detail}",
-        file=out,
-    )
-
-
-def _print_header(
-    out: TextIO, files: list[str], entries: list[Entry], spec: RulesSpec, mode: str, skipped: Skipped
-) -> None:
-    span = ""
-    if entries:
-        stamps = [e.facts.ts for e in entries]
-        span = f", {_when(min(stamps))} → {_when(max(stamps))}"
-    print(f"replaying {len(entries):,} requests from {', '.join(files)}{span}", file=out)
-    line = f"  {len(spec.rules)} rules, {len(spec.intel)} intel lists, {mode} mode"
-    if skipped.count:
-        line += f"; skipped {skipped.count:,} lines that are not requests ({skipped.first})"
-    print(line, file=out)
-
-
-_RULE_ROW = "{:<20} {:<6} {:<16} {:>8} {:>7} {:>6} {:>7}"
-
-
-def _print_summary(out: TextIO, report: ReplayReport, spec: RulesSpec, mode: str) -> None:
-    fired: dict[str, set[str]] = collections.defaultdict(set)
-    banned: dict[str, set[str]] = collections.defaultdict(set)
-    for event in report.events:
-        if event.kind == "rule_fired":
-            fired[event.rule].add(event.key)
-        elif event.kind == "ban":
-            banned[event.rule].add(event.key)
-    print(
-        "\n" + _RULE_ROW.format("RULE", "ACTION", "THRESHOLD", "MATCHED", "FIRED", "KEYS", "BANNED"), file=out
-    )
-    for rule in spec.rules:
-        stats = report.rules.get(rule.id, {})
-        limit = f"{rule.threshold}/{duration(rule.window)}"
-        counts = (stats.get("matched", 0), stats.get("fired", 0), len(fired[rule.id]), len(banned[rule.id]))
-        print(_RULE_ROW.format(rule.id, rule.action, limit, *(f"{n:,}" for n in counts)), file=out)
-    if report.tagged:
-        print(f"\n{'TAG':<28} {'REQUESTS':>9}", file=out)
-        for tag, count in report.tagged.most_common():
-            print(f"{tag:<28} {count:>9,}", file=out)
-    bans = [e for e in report.events if e.kind == "ban"]
-    clients = len({e.key for e in bans})
-    print(
-        f"\n{report.requests:,} requests from {len(report.clients):,} clients: "
-        f"{report.tagged_requests:,} tagged, "
-        f"{report.would_block:,} would be blocked, {len(bans):,} bans of {clients:,} keys",
-        file=out,
-    )
-    if mode == "monitor" and report.would_block:
-        print("(monitor mode: nothing was blocked; --enforce simulates blocking)", file=out)
-
-
-def _json_event(out: TextIO, event: RuleEvent, show: frozenset[str]) -> None:
-    if event.kind not in show:
-        return
-    doc: dict[str, object] = {
-        "type": "event",
-        "event": event.kind,
-        "@timestamp": format_timestamp(event.ts),
-        "rule": event.rule,
-        "key": event.key,
-        "count": event.count,
-        "threshold": event.threshold,
-    }
-    if event.kind == "ban" and event.until is not None:
-        doc["until"] = format_timestamp(event.until)
-        doc["ttl_s"] = round(float(event.until) - event.ts, 3)
-    out.write(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE).decode())
-
-
-def _json_summary(out: TextIO, report: ReplayReport, spec: RulesSpec, mode: str, skipped: Skipped) -> None:
-    bans = [e for e in report.events if e.kind == "ban"]
-    doc = {
-        "type": "summary",
-        "mode": mode,
-        "requests": report.requests,
-        "clients": len(report.clients),
-        "skipped_lines": skipped.count,
-        "from": format_timestamp(report.first_ts) if report.first_ts is not None else None,
-        "to": format_timestamp(report.last_ts) if report.last_ts is not None else None,
-        "tagged": report.tagged_requests,
-        "would_block": report.would_block,
-        "blocked": report.blocked,
-        "bans": len(bans),
-        "banned_keys": sorted({e.key for e in bans}),
-        "tags": dict(report.tagged.most_common()),
-        "rules": report.rules,
-    }
-    out.write(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE).decode())

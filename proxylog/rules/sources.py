@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import orjson
 
-from proxylog.rules._types import RequestFacts
+from proxylog.rules.types import RequestFacts
 
 _COMBINED = re.compile(
     r'^(?P<ip>\S+) \S+ \S+ \[(?P<ts>[^\]]+)\] "(?P<request>(?:[^"\\]|\\.)*)" (?P<status>\d{3}|-) \S+'

@@ -6,11 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from proxylog.config.sinks import FileSpec, HttpSpec, SinkSpec, StdoutSpec, SyslogSpec
-from proxylog.sinks.base import PartialFailure, PoisonBatch, Sink, SinkStats, SinkWorker
+from proxylog.sinks.base import PartialFailure, PoisonBatch, Sink, SinkStats
 from proxylog.sinks.file import FileSink
 from proxylog.sinks.http import HttpSink
 from proxylog.sinks.stdout import StdoutSink
 from proxylog.sinks.syslog import SyslogSink
+from proxylog.sinks.worker import SinkWorker
 
 __all__ = ["SINKS", "PartialFailure", "PoisonBatch", "Sink", "SinkStats", "SinkWorker", "build_sink"]
 

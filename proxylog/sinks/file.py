@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from proxylog.config.sinks import FileSpec, RotateSpec
 from proxylog.errors import SinkError
-from proxylog.sinks._io import DIR_MODE, FILE_MODE, open_append, write_all
+from proxylog.sinks.fsio import DIR_MODE, FILE_MODE, open_append, write_all
 from proxylog.sinks.integrity import END, START, Chain, read_key
 
 logger = logging.getLogger("proxylog.sinks")

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from proxylog import __version__
-from proxylog.config._reader import display_url
+from proxylog.config.reader import display_url
 from proxylog.config.sinks import HttpSpec
 from proxylog.errors import ConfigError, SinkError
 from proxylog.sinks.base import PartialFailure, PoisonBatch

@@ -1,4 +1,4 @@
-"""HMAC-chained records for file sinks, and `proxylog verify` to check a chain.
+"""HMAC-chained records for file sinks, and `verify` to check a chain (`proxylog verify`).
 
 Every line a chained file sink writes gets a suffix before its closing brace::
 
@@ -13,13 +13,10 @@ or shutdown) with an ``integrity_chain_end`` seal, so a cut-off tail is a trunca
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import os
 import re
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +35,6 @@ MIN_KEY_BYTES = 16
 _SUFFIX = re.compile(
     rb',?"integrity":\{"seq":(\d{1,19}),"prev":"([0-9a-f]{32})","mac":"([0-9a-f]{32})"\}\}\n?\Z'
 )
-
-EXIT_INTACT = 0
-EXIT_TAMPERED = 1
-EXIT_USAGE = 2
-
 
 def read_key(path: str, where: str = "integrity.key_file") -> bytes:
     """The HMAC key in `path` (surrounding whitespace stripped); raises ConfigError."""
@@ -291,51 +283,3 @@ def verify(paths: Sequence[str], key: bytes | None, *, allow_open: bool = False)
 
 def _has_complete_suffix(raw: bytes) -> bool:
     return re.search(rb'"mac":"[0-9a-f]{32}"\}\}', raw) is not None
-
-
-def register(commands: Any) -> None:
-    """Add `proxylog verify FILE... [--key-file F]` to the `proxylog` parser."""
-    parser = commands.add_parser(
-        "verify",
-        help="check the integrity chain of file sink output",
-        description=(
-            "Check an HMAC-chained file (several files: oldest first, e.g. rotated ones). Exit 0 "
-            "intact, 1 tampered (edit, deletion, reorder or truncation; the first bad sequence "
-            "number is reported), 2 usage error."
-        ),
-    )
-    parser.add_argument("files", metavar="FILE", nargs="+")
-    parser.add_argument("--key-file", metavar="F", help="the sink's key file (without it: structure only)")
-    parser.add_argument(
-        "--open",
-        dest="allow_open",
-        action="store_true",
-        help="the last file is still being written: a missing seal at its end is not a truncation",
-    )
-    parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    parser.set_defaults(func=cmd_verify)
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    try:
-        key = read_key(args.key_file, "--key-file") if args.key_file else None
-        started = time.monotonic()
-        finding = verify(args.files, key, allow_open=args.allow_open)
-    except ConfigError as e:
-        print(f"proxylog verify: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as e:
-        print(f"proxylog verify: cannot read {e.filename}: {e.strerror or e}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.json:
-        print(orjson.dumps(finding.as_dict()).decode())
-    elif finding.kind is None:
-        print(f"ok: {finding.records} records intact ({time.monotonic() - started:.2f}s); {finding.message}")
-    else:
-        seq = "?" if finding.seq is None else finding.seq
-        print(f"TAMPERED: {finding.kind} at seq {seq} ({finding.file}:{finding.line}): {finding.message}")
-    if key is None:
-        print(
-            "proxylog verify: warning: no --key-file, record contents were not authenticated", file=sys.stderr
-        )
-    return EXIT_INTACT if finding.kind is None else EXIT_TAMPERED

@@ -6,7 +6,7 @@ import sys
 
 from proxylog.config.sinks import StdoutSpec
 from proxylog.errors import SinkError
-from proxylog.sinks._io import write_all
+from proxylog.sinks.fsio import write_all
 
 
 class StdoutSink:

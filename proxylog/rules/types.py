@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from proxylog.record import RuleHit
+from proxylog.record import Mode, RuleHit
 from proxylog.state import Ban
 
 __all__ = ["NO_VERDICT", "Ban", "RequestFacts", "RuleEvent", "RuleHit", "Verdict"]
@@ -16,7 +16,8 @@ class RequestFacts:
     """What the engine sees of a request: built by the addon, or by replay from old logs.
 
     Strings are log-safe text (never raw bytes); `path` and `query` are as received, not
-    percent-decoded; `header_names` are lower-case.
+    percent-decoded; `header_names` are lower-case. `resolved` is False when the client is a
+    trusted proxy that named no client behind it (see `ClientIdentity.resolved`).
     """
 
     ts: float
@@ -27,25 +28,32 @@ class RequestFacts:
     user_agent: str | None
     header_names: frozenset[str]
     host: str
+    resolved: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The engine's conclusion for one request.
 
-    `block` is what enforcement would do. The addon blocks only in enforce mode, unless
-    `enforce` overrides the global mode for this verdict (a rule's own `mode:`). `tags` go
+    `block` is what enforcement would do. It is enforced in enforce mode, unless `mode`
+    overrides the live mode for this verdict (a rule's own `mode:`): see `enforced`. `tags` go
     into the record and, at request time, to Puma in ``X-Proxylog-Tags``.
     """
 
     block: bool = False
     status: int = 403
     retry_after: int | None = None
-    enforce: bool | None = None
+    mode: Mode | None = None
     tags: tuple[str, ...] = ()
     rules: tuple[RuleHit, ...] = ()
     reason: str | None = None
     body: str | None = None
+
+
+    def enforced(self, live: Mode) -> bool:
+        """Whether this verdict's block is carried out under the `live` mode: the decision
+        every data plane and replay share."""
+        return self.block and (self.mode or live) == Mode.ENFORCE
 
 
 NO_VERDICT = Verdict()

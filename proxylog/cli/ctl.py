@@ -14,7 +14,7 @@ import orjson
 import yaml
 
 from proxylog.config import Config, ConfigError, parse_host_port
-from proxylog.secrets import read_secret
+from proxylog.config.secrets import read_secret
 
 EXIT_OK = 0
 EXIT_COMMAND_FAILED = 1

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxylog.record import RuleHit
-from proxylog.rules._types import Verdict
+from proxylog.record import Mode, RuleHit
+from proxylog.rules.types import Verdict
 
 _RETRY_STATUSES = frozenset({429, 503})
-_RANK: dict[bool | None, int] = {False: 0, None: 1, True: 2}
-_UNRANK: dict[int, bool | None] = {0: False, 1: None, 2: True}
+# How sure a block is to be enforced: a monitor-only rule, the live mode, an enforcing rule.
+_RANK: dict[Mode | None, int] = {Mode.MONITOR: 0, None: 1, Mode.ENFORCE: 2}
+_UNRANK = {rank: mode for mode, rank in _RANK.items()}
 
 
 @dataclass(slots=True)
@@ -37,10 +38,10 @@ class Outcome:
         self.reason: str | None = None
 
     def block(
-        self, enforce: bool | None, status: int, retry_after: int | None, body: str | None, reason: str
+        self, mode: Mode | None, status: int, retry_after: int | None, body: str | None, reason: str
     ) -> None:
         """Offer a block; it replaces the current one only if more sure to be enforced."""
-        rank = _RANK[enforce]
+        rank = _RANK[mode]
         if rank > self.rank:
             self.rank, self.status, self.body, self.reason = rank, status, body, reason
             self.retry_after = retry_after if status in _RETRY_STATUSES else None
@@ -52,7 +53,7 @@ class Outcome:
             block=blocked,
             status=self.status,
             retry_after=self.retry_after,
-            enforce=_UNRANK[self.rank] if blocked else None,
+            mode=_UNRANK[self.rank] if blocked else None,
             tags=tuple(dict.fromkeys(self.tags)),
             rules=tuple(self.hits),
             reason=self.reason,

@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 import re2
 
-from proxylog._redact_keys import CACHE_SIZE, MASK, action_for
-from proxylog._redact_text import TextRedactor, url_path_span
 from proxylog.config.redact import RedactSpec, re2_options
 from proxylog.record import AccessRecord
+from proxylog.redact.keys import CACHE_SIZE, MASK, action_for
+from proxylog.redact.text import TextRedactor, url_path_span
 
 logger = logging.getLogger("proxylog.redact")
 

@@ -28,9 +28,9 @@ from typing import Any
 
 from proxylog.config.sinks import SinkSpec
 from proxylog.errors import SinkError
-from proxylog.sinks._losses import LossLedger, quarantine_path_for
-from proxylog.sinks._overflow import Overflow, spool_for
-from proxylog.sinks._types import PartialFailure, PoisonBatch, Sink, SinkStats
+from proxylog.sinks.base import PartialFailure, PoisonBatch, Sink, SinkStats
+from proxylog.sinks.losses import LossLedger, quarantine_path_for
+from proxylog.sinks.overflow import Overflow, spool_for
 
 logger = logging.getLogger("proxylog.sinks")
 

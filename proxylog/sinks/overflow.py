@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable
 
 from proxylog.config.sinks import SinkSpec
-from proxylog.sinks._losses import LossLedger
-from proxylog.sinks._spool import Spool, spool_dir_name
-from proxylog.sinks._types import SinkStats
+from proxylog.sinks.base import SinkStats
+from proxylog.sinks.losses import LossLedger
+from proxylog.sinks.spool import Spool, spool_dir_name
 
 logger = logging.getLogger("proxylog.sinks")
 

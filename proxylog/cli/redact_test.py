@@ -18,11 +18,11 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
-from proxylog.bodies import build_body_parser
 from proxylog.config import Config, load_config
 from proxylog.identity import is_valid_request_id, new_request_id
 from proxylog.record import AccessRecord, cap_text, encode_record, flatten, to_ecs
 from proxylog.redact import Redactor
+from proxylog.redact.bodies import build_body_parser
 
 EXIT_OK = 0
 EXIT_INVALID = 2

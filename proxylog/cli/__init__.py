@@ -43,7 +43,7 @@ proxylog listens, SIGHUP is ignored and SIGTERM or SIGINT exit 0 at once.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from proxylog.config import LOG_LEVELS
+    from proxylog.config import ENGINES, LOG_LEVELS
 
     parser = argparse.ArgumentParser(
         prog="proxylog",
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start in enforce mode, and keep it as the operator's choice (default: a mode set "
         "earlier with `proxylog ctl mode`, else the config's mode:)",
     )
+    serve.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="the data plane: fast (HTTP/1.1 reverse proxy to an http:// upstream), mitmproxy "
+        "(modes:, TLS, HTTP/2), or auto, the default: fast where it can serve, else mitmproxy",
+    )
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="stderr diagnostics level")
     serve.set_defaults(func=cmd_serve)
 
@@ -91,12 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     check.set_defaults(func=cmd_check)
 
-    # Feature modules add their own subcommands; each takes the subparsers object.
-    from proxylog import ctl, redact_cli
-    from proxylog.rules import replay
-    from proxylog.sinks import integrity
+    # Each further subcommand lives in its own module and takes the subparsers object.
+    from proxylog.cli import ctl, redact_test, replay, verify
 
-    for register in (ctl.register, redact_cli.register, replay.register, integrity.register):
+    for register in (ctl.register, redact_test.register, replay.register, verify.register):
         register(commands)
     return parser
 
@@ -147,19 +151,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     modes, the rule engine and redactor built from it (intel files read, patterns compiled
     together), the secrets sinks, alerts and the TCP control port read, and that the state
     directory and file sinks' directories can be created and written."""
-    from proxylog.config import load_config
+    from proxylog.config import load_config, serving_engine
     from proxylog.config.ops import ControlSpec
-    from proxylog.mitm.master import proxy_modes
+    from proxylog.config.secrets import read_secret
     from proxylog.redact import Redactor
     from proxylog.rules import RuleEngine
-    from proxylog.secrets import read_secret
     from proxylog.sinks import build_sink
 
     config = load_config(args.file)
     _check_paths(config)
-    proxy_modes(config)
+    engine = serving_engine(config)
+    if engine == "mitmproxy":
+        from proxylog.mitm.master import proxy_modes
+
+        proxy_modes(config)
     Redactor(config.redact)
-    RuleEngine(config.rules, trusted=config.trusted_proxies)  # patterns that only fail together, intel files
+    RuleEngine(config.rules)  # patterns that only fail together, intel files
     for spec in config.sinks:
         build_sink(spec).close()
     control: ControlSpec = config.control
@@ -168,7 +175,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for index, alert in enumerate(config.alerts):
         if alert.token_file or alert.token_env:
             read_secret(alert.token_file, alert.token_env, f"alerts[{index}]")
-    print(f"{args.file}: ok ({len(config.sinks)} sinks)")
+    print(f"{args.file}: ok ({len(config.sinks)} sinks, engine {engine})")
     return EXIT_OK
 
 
@@ -176,9 +183,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
     from dataclasses import replace
 
-    from proxylog._logging import setup_logging
-    from proxylog.config import parse_listen, parse_upstream
-    from proxylog.mitm.master import proxy_modes, serve
+    from proxylog.app import serve
+    from proxylog.config import parse_listen, parse_upstream, serving_engine
+    from proxylog.diagnostics import setup_logging
     from proxylog.redact import Redactor
 
     hold_signals()  # main did already for `proxylog serve`; again for any other caller
@@ -192,13 +199,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             upstream=upstream,
             listen=listen,
             modes=tuple(args.modes) if args.modes else None,
+            engine=args.engine,
         )
         if args.log_level:
             config = replace(config, log=replace(config.log, level=args.log_level))
         return config
 
     config = flags(_load(args.config))
-    proxy_modes(config)  # validate before anything starts
+    if serving_engine(config) == "mitmproxy":  # validate before anything starts
+        from proxylog.mitm.master import proxy_modes
+
+        proxy_modes(config)
     # The formatter runs on the log thread: it gets a Redactor of its own.
     listener = setup_logging(config.log, Redactor(config.redact).clean_text)
     try:

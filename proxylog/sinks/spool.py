@@ -17,7 +17,7 @@ import logging
 import os
 import re
 
-from proxylog.sinks._io import write_all
+from proxylog.sinks.fsio import write_all
 
 logger = logging.getLogger("proxylog.sinks")
 

@@ -15,7 +15,14 @@ from urllib.parse import quote
 
 import re2
 
-from proxylog._redact_keys import (
+from proxylog.config.redact import (
+    COOKIE_HEADERS,
+    CREDENTIAL_HEADER_MARKERS,
+    RedactSpec,
+    re2_options,
+)
+from proxylog.redact.detectors import DETECTORS, Detector
+from proxylog.redact.keys import (
     CACHE_SIZE,
     KeyMatcher,
     action_for,
@@ -24,13 +31,6 @@ from proxylog._redact_keys import (
     searcher,
     url_decoded,
 )
-from proxylog.config.redact import (
-    COOKIE_HEADERS,
-    CREDENTIAL_HEADER_MARKERS,
-    RedactSpec,
-    re2_options,
-)
-from proxylog.detectors import DETECTORS, Detector
 
 NESTED_DEPTH = 2  # a URL inside a parameter inside a URL; deeper, a suspect value goes whole
 

@@ -11,9 +11,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from proxylog.errors import ConfigError
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+from proxylog.net import IPNetwork, unmap_network
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -54,15 +52,6 @@ def display_url(text: str) -> str:
     if sep and "@" in rest:
         rest = rest.rpartition("@")[2]
     return f"{scheme}{sep}{rest}"
-
-
-def unmap_network(net: IPNetwork) -> IPNetwork:
-    """An IPv4-mapped IPv6 network (inside ``::ffff:0:0/96``) as the IPv4 network it maps,
-    since client addresses are unwrapped to IPv4; any other network unchanged."""
-    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_IPV4_MAPPED):
-        mapped = int(net.network_address) & 0xFFFFFFFF
-        return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
-    return net
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

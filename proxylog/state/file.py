@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from proxylog.rules import Ban
+from proxylog.state import Ban
 
 logger = logging.getLogger("proxylog")
 

@@ -22,13 +22,13 @@ from typing import Any
 import orjson
 
 from proxylog import __version__
-from proxylog._httpserver import Request, Response, connection_handler
 from proxylog.config import parse_duration
-from proxylog.metrics import build_registry, exposition
+from proxylog.config.secrets import read_secret
+from proxylog.ops.httpserver import Request, Response, connection_handler
+from proxylog.ops.prometheus import build_registry, exposition
 from proxylog.runtime import Runtime
-from proxylog.secrets import read_secret
 
-logger = logging.getLogger("proxylog.control")
+logger = logging.getLogger("proxylog.ops.control")
 
 Command = Callable[["ControlServer", Request, dict[str, Any]], Awaitable[dict[str, Any]]]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from proxylog.config.sinks import SinkSpec
 from proxylog.record import encode_document, event_document
-from proxylog.sinks._io import append_private
-from proxylog.sinks._spool import spool_dir_name
-from proxylog.sinks._types import SinkStats
+from proxylog.sinks.base import SinkStats
+from proxylog.sinks.fsio import append_private
+from proxylog.sinks.spool import spool_dir_name
 
 logger = logging.getLogger("proxylog.sinks")
 

@@ -7,9 +7,10 @@ import logging
 import logging.handlers
 import os
 import queue
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 
-from proxylog.config import LogSpec
+from proxylog.config import Config, LogSpec
 from proxylog.record import cap_text
 
 QUEUE_SIZE = 1000
@@ -116,3 +117,10 @@ def setup_logging(spec: LogSpec, clean: Callable[[str], str] | None = None) -> l
         logging.getLogger(noisy).setLevel(logging.WARNING)
     listener.start()
     return listener
+
+
+def announce_listening(addrs: Sequence[tuple[str, int]], config: Config, engine: str) -> None:
+    """The startup line on stderr, once the data plane listens: where, to what, on which engine."""
+    where = ", ".join(f"{host}:{port}" for host, port in addrs)
+    target = config.upstream if not config.modes else ", ".join(config.modes)
+    print(f"proxylog: listening on {where} -> {target} (engine: {engine})", file=sys.stderr, flush=True)

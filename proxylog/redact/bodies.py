@@ -19,7 +19,7 @@ import orjson
 from proxylog.config.redact import BodySpec, RedactSpec
 from proxylog.record import cap_text
 
-logger = logging.getLogger("proxylog.bodies")
+logger = logging.getLogger("proxylog.redact.bodies")
 
 BodyParser = Callable[[str | None, bytes], Any]
 CUT = "[truncated]"

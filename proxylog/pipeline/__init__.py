@@ -1,0 +1,90 @@
+"""The plane-neutral request pipeline: what any data plane drives, per request.
+
+A data plane parses and forwards; the pipeline decides and records. Per request it calls
+
+- `begin(head)` → an `Exchange`: the client identified, captures taken, the header fields
+  Puma is to receive (`ex.upstream_headers`) built;
+- `decide(ex)` → None to forward, or a `Block` the plane answers instead (the rules' verdict,
+  enforced or only noted per the live mode);
+- `response_fields(ex, fields)` → the response header fields the client gets;
+- `finish(ex)` exactly once, whatever happened: the rules observe the outcome and the record
+  is built, redacted and queued on the sinks.
+
+No method blocks or raises into the plane: a failure inside is logged and counted, and the
+request proceeds (fail-open: a proxylog bug must not take traffic down).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, TypeVar
+
+from proxylog.pipeline.exchange import Block, Exchange, Fields, RequestHead
+from proxylog.pipeline.headers import add_tags, open_exchange, response_fields
+from proxylog.pipeline.records import facts_for, record_for
+
+if TYPE_CHECKING:
+    from proxylog.runtime import Runtime
+
+__all__ = ["Block", "Exchange", "Fields", "Pipeline", "RequestHead"]
+
+logger = logging.getLogger("proxylog")
+E = TypeVar("E", bound=Exchange)
+
+
+class Pipeline:
+    """Identity, rules, record, redaction and sinks, as one data plane sees them. Reads the
+    runtime's current parts on every call, so a reload applies from the next request."""
+
+    __slots__ = ("runtime",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def begin(self, head: RequestHead, factory: type[E] = Exchange) -> E:  # type: ignore[assignment]
+        runtime = self.runtime
+        ex = open_exchange(head, runtime.trusted, runtime.config.record, factory)
+        ex.mode = runtime.mode
+        if runtime.engine.enabled:
+            ex.facts = facts_for(ex, runtime.config.record)
+        return ex
+
+    def decide(self, ex: Exchange) -> Block | None:
+        """The rules' request-time verdict: tags go to Puma (X-Proxylog-Tags) and into the
+        record; a block is returned when enforced (the live mode, or the rule's own)."""
+        if ex.facts is None:
+            return None
+        verdict = self.runtime.engine.check(ex.facts)
+        if verdict.tags:
+            add_tags(ex, verdict.tags)
+        ex.hits = verdict.rules
+        if not verdict.block:
+            return None
+        ex.enforced = verdict.enforced(ex.mode)
+        if not ex.enforced:
+            ex.action = "would_block"
+            return None
+        ex.action = "blocked"
+        return Block(verdict.status, verdict.retry_after, verdict.body)
+
+    def response_fields(self, ex: Exchange, fields: Fields | tuple[tuple[bytes, bytes], ...]) -> Fields:
+        return response_fields(ex, fields, self.runtime.config.record)
+
+    def finish(self, ex: Exchange) -> None:
+        """Once per exchange: let the rules observe the status sent, then emit the record.
+        Idempotent (a second call does nothing)."""
+        if ex.done:
+            return
+        ex.done = True
+        runtime = self.runtime
+        try:
+            if ex.facts is not None and ex.action != "blocked":
+                verdict = runtime.engine.observe(ex.facts, ex.status)
+                if verdict.tags:
+                    ex.tags = tuple(dict.fromkeys((*ex.tags, *verdict.tags)))
+                if verdict.rules:
+                    ex.hits = (*ex.hits, *verdict.rules)
+            runtime.emit(record_for(ex, runtime.config.record, body_parser=runtime.body_parser))
+        except Exception:
+            runtime.internal_errors += 1
+            logger.exception("internal error recording request %s", ex.request_id)

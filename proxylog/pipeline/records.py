@@ -1,0 +1,84 @@
+"""An exchange's rule facts and its access record: the one record builder every data plane,
+and `proxylog redact-test`, use."""
+
+from __future__ import annotations
+
+import time
+
+from proxylog.config import RecordSpec
+from proxylog.pipeline.exchange import Exchange
+from proxylog.pipeline.text import text, without_port
+from proxylog.record import AccessRecord
+from proxylog.redact.bodies import BodyParser
+from proxylog.rules.types import RequestFacts
+
+
+def facts_for(ex: Exchange, spec: RecordSpec) -> RequestFacts:
+    """What the rule engine sees of this request (raw path and query, log-safe text)."""
+    raw_path, sep, raw_query = ex.path.partition(b"?")
+    scratch: list[str] = []  # truncation here is not the record's business
+    return RequestFacts(
+        ts=ex.started,
+        client_ip=ex.identity.ip,
+        method=text(ex.method, "", spec, scratch),
+        path=text(raw_path, "", spec, scratch),
+        query=text(raw_query, "", spec, scratch) if sep else None,
+        user_agent=ex.user_agent,
+        header_names=frozenset(name.decode("latin-1") for name in ex.header_names),
+        host=text(without_port(ex.host), "", spec, scratch),
+        resolved=ex.identity.resolved,
+    )
+
+
+def record_for(
+    ex: Exchange, spec: RecordSpec, now: float | None = None, body_parser: BodyParser | None = None
+) -> AccessRecord:
+    """The access record for a finished (or failed) exchange; pure apart from reading the
+    clock. With a `body_parser` (opt-in body capture), a buffered request body is parsed
+    into ``request_body`` for the redactor to clean."""
+    now = time.time() if now is None else now
+    truncated = ex.truncated
+    raw_path, sep, raw_query = ex.path.partition(b"?")
+    captured_body = None
+    if body_parser is not None and ex.request_content:
+        content_type = None if ex.content_type is None else ex.content_type.decode("latin-1")
+        captured_body = body_parser(content_type, ex.request_content)
+    status = ex.status
+    upstream_ms = None
+    if not ex.replied and ex.request_ended and ex.response_started:
+        upstream_ms = round((ex.response_started - ex.request_ended) * 1000, 3)
+    responded = status is not None
+    return AccessRecord(
+        timestamp=ex.started,
+        request_id=ex.request_id,
+        method=text(ex.method, "http.request.method", spec, truncated),
+        scheme=ex.scheme,
+        domain=text(without_port(ex.host), "url.domain", spec, truncated),
+        path=text(raw_path, "url.path", spec, truncated),
+        query=text(raw_query, "url.query", spec, truncated) if sep else None,
+        http_version=ex.version.decode("latin-1").removeprefix("HTTP/"),
+        client_ip=ex.identity.ip,
+        source_ip=ex.identity.peer,
+        source_port=ex.peer_port,
+        user_agent=ex.user_agent,
+        request_headers=ex.captured,
+        response_headers=() if ex.replied else ex.response_captured,
+        status=status,
+        request_bytes=ex.request_head_bytes + ex.request_body_bytes,
+        request_body_bytes=ex.request_body_bytes,
+        response_bytes=ex.response_head_bytes + ex.response_body_bytes if responded else 0,
+        response_body_bytes=ex.response_body_bytes if responded else 0,
+        duration_ns=max(0, int((now - ex.started) * 1_000_000_000)),
+        upstream_ms=upstream_ms,
+        action=ex.action,
+        error_type=ex.error_type,
+        error_message=None
+        if ex.error_message is None
+        else text(ex.error_message, "error.message", spec, truncated),
+        mode=ex.mode,
+        enforced=ex.enforced,
+        tags=ex.tags,
+        rules=ex.hits,
+        truncated=tuple(truncated),
+        request_body=captured_body,
+    )
