@@ -1,0 +1,148 @@
+"""Request heads on the fast plane: finding their end, splitting a head `check_head` accepted,
+and writing what Puma receives, with hop-by-hop fields handled (see `upstream_head`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Not forwarded as the client sent them (RFC 9110 §7.6.1). Expect is answered by the plane
+# itself (it sends 100 Continue when it is about to forward the body), so Puma never sees it.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"expect"}
+)
+# What the client's head is searched for (lower-cased), to skip all hop-by-hop work when absent.
+_HOP_MARKS = tuple(b"\n" + name + b":" for name in HOP_BY_HOP)
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_MAX_LENIENT_FIELDS = 100
+
+NO_BODY, LENGTH, CHUNKED = 0, 1, 2
+_FRAMING = {b"content-length": LENGTH, b"transfer-encoding": CHUNKED}
+
+
+@dataclass(slots=True)
+class Framing:
+    """What a valid request head says about its body and its connection."""
+
+    body: int  # NO_BODY, LENGTH (also for Content-Length: 0) or CHUNKED
+    length: int
+    http10: bool
+    close: bool  # the client wants the connection closed after this exchange
+    upgrade: bool  # a protocol upgrade (WebSocket) is requested
+    expect_continue: bool
+    hop_names: frozenset[bytes] | None  # names to drop upstream; None: the head had none
+
+
+def find_head_end(data: bytes | bytearray, start: int = 0) -> int:
+    """The offset just past the empty line that ends a head in `data` (searching from
+    `start`), or -1. A head ended by bare LFs counts as ended too, so that it is refused at
+    once rather than when the header timeout expires."""
+    end = data.find(b"\r\n\r\n", start)
+    if end >= 0:
+        return end + 4
+    ends = [i + n for i, n in ((data.find(b"\n\n", start), 2), (data.find(b"\n\r\n", start), 3)) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def split_head(raw: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]]:
+    """Method, target, version and header fields (value OWS stripped) of a head that
+    `check_head` accepted, so every line ends with CRLF and holds a colon."""
+    lines = raw.split(b"\r\n")
+    method, target, version = lines[0].split(b" ")
+    headers = []
+    for line in lines[1:-2]:
+        name, _, value = line.partition(b":")
+        headers.append((name, value.strip(b" \t")))
+    return method, target, version, headers
+
+
+def framing(raw: bytes, version: bytes) -> Framing:
+    """Framing and connection facts of a head `check_head` accepted (framing is consistent:
+    at most one numeric Content-Length, or Transfer-Encoding exactly chunked)."""
+    low = raw.lower()
+    body, length = NO_BODY, 0
+    at = low.find(b"\ncontent-length:")
+    if at >= 0:
+        length = int(_value(low, at + 16))
+        body = LENGTH
+    elif b"\ntransfer-encoding:" in low:
+        body = CHUNKED
+    http10 = version == b"HTTP/1.0"
+    tokens: list[bytes] = []
+    at = low.find(b"\nconnection:")
+    while at >= 0:
+        tokens.extend(t.strip(b" \t") for t in _value(low, at + 12).split(b","))
+        at = low.find(b"\nconnection:", at + 1)
+    close = b"close" in tokens or (http10 and b"keep-alive" not in tokens)
+    upgrade = not http10 and b"upgrade" in tokens and b"\nupgrade:" in low
+    at = low.find(b"\nexpect:")
+    expect = at >= 0 and _value(low, at + 8) == b"100-continue"
+    hop_names = None
+    if tokens or any(mark in low for mark in _HOP_MARKS):
+        hop_names = HOP_BY_HOP.union(t for t in tokens if t)
+    return Framing(body, length, http10, close, upgrade, expect, hop_names)
+
+
+def _value(low: bytes, start: int) -> bytes:
+    return low[start : low.find(b"\r", start)].strip(b" \t")
+
+
+def upstream_head(
+    method: bytes,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    facts: Framing,
+    protected: frozenset[bytes],
+) -> bytes:
+    """The request head Puma receives: always HTTP/1.1 (so the pooled connection stays
+    keep-alive whatever the client speaks), `headers` in their order, minus hop-by-hop fields
+    and the names the client's Connection header lists (except `protected` ones). Framing
+    fields are the client's: Content-Length as sent, Transfer-Encoding: chunked for a chunked
+    body, no other; for an upgrade, Upgrade is kept and Connection becomes `upgrade`."""
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    special = _FRAMING if facts.hop_names is None else _FRAMING.keys() | facts.hop_names
+    framed = connection_sent = False
+    for name, value in headers:
+        low = name.lower()
+        if low in special:
+            if low in _FRAMING:
+                # the client's framing field, once; anything else would misframe the body
+                if framed or _FRAMING[low] != facts.body:
+                    continue
+                framed = True
+            elif low in protected or (facts.upgrade and low == b"upgrade"):
+                pass
+            elif facts.upgrade and low == b"connection" and not connection_sent:
+                value = b"upgrade"
+                connection_sent = True
+            else:
+                continue
+        parts += (name, b": ", value, b"\r\n")
+    if not framed and facts.body == LENGTH:
+        parts.append(b"Content-Length: %d\r\n" % facts.length)
+    elif not framed and facts.body == CHUNKED:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def lenient_head(raw: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]] | None:
+    """Best-effort request line and fields of a refused or incomplete head, for its record;
+    None when the request line is unreadable (not three parts, or the method no token)."""
+    first, _, rest = raw.partition(b"\n")
+    parts = first.removesuffix(b"\r").split(b" ")
+    if len(parts) != 3 or not all(parts) or parts[0].translate(None, _TCHAR):
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    for line in rest.split(b"\n"):
+        name, colon, value = line.removesuffix(b"\r").partition(b":")
+        if colon and name and not name.translate(None, _TCHAR):
+            headers.append((name, value.strip(b" \t")))
+            if len(headers) >= _MAX_LENIENT_FIELDS:
+                break
+    return parts[0], parts[1], parts[2], headers
+
+
+def serialize_fields(parts: list[bytes], headers: list[tuple[bytes, bytes]]) -> None:
+    """Append `name: value CRLF` for each field to `parts`."""
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
