@@ -1,12 +1,13 @@
-"""End-to-end throughput and latency: wrk against seven paths to the same Puma, in one run.
+"""End-to-end throughput and latency: wrk against nine paths to the same Puma, in one run.
 
     .venv/bin/python benchmarks/e2e.py [--duration 10] [--rounds 2] [--connections 8]
 
 Paths: Puma direct; nginx reverse proxy with a JSON access log; plain `mitmdump` reverse
 (its default addons, no script); a lean mitmproxy Master with no addon (proxylog's master
-minus ProxyLog); `proxylog serve` writing records to a file, without and with the default
-rule pack (monitor mode; redaction is on in both). Rounds are interleaved so drift
-on a shared machine hits every path alike; the table shows the median round. Everything
+minus ProxyLog); `proxylog serve` on each engine (mitmproxy, fast) writing records to a
+file, without and with the default rule pack (monitor mode; redaction is on in all).
+Rounds are interleaved so drift on a shared machine hits every path alike; the table shows
+the median round. Everything
 started here is stopped here. Needs Debian's puma, nginx and wrk.
 """
 
@@ -106,9 +107,9 @@ def nginx(upstream_port: int, port: int, work: Path) -> subprocess.Popen[bytes]:
     return start(["nginx", "-c", str(conf), "-e", str(work / "nginx-error.log")], port)
 
 
-def wrk(port: int, duration: int, connections: int) -> Result:
+def wrk(port: int, duration: int, connections: int, threads: int = 1) -> Result:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
         capture_output=True,
         text=True,
         check=True,
@@ -147,6 +148,11 @@ def main() -> int:
 
     pack = work / "proxylog-pack.yaml"  # the shipped default: rule pack in monitor mode
     pack.write_text(f"{config.read_text()}rules: [{{include: {ROOT}/configs/rules/default.yaml}}]\n")
+    configs = {}
+    for engine in ("mitmproxy", "fast"):
+        for name, base in (("plain", config), ("pack", pack)):
+            configs[engine, name] = work / f"proxylog-{engine}-{name}.yaml"
+            configs[engine, name].write_text(f"engine: {engine}\n{base.read_text()}")
 
     def proxylog(config: Path) -> Callable[[int], subprocess.Popen[bytes]]:
         def launch(port: int) -> subprocess.Popen[bytes]:
@@ -190,8 +196,10 @@ def main() -> int:
         "mitmdump (no addons)": mitmdump,
         "lean Master, plain (no addon)": lean("plain"),
         "lean Master, cached dispatch (no addon)": lean("cached"),
-        "proxylog serve (file sink)": proxylog(config),
-        "proxylog serve (file sink, default rule pack)": proxylog(pack),
+        "proxylog serve, mitmproxy (file sink)": proxylog(configs["mitmproxy", "plain"]),
+        "proxylog serve, mitmproxy (file sink, default rule pack)": proxylog(configs["mitmproxy", "pack"]),
+        "proxylog serve, fast (file sink)": proxylog(configs["fast", "plain"]),
+        "proxylog serve, fast (file sink, default rule pack)": proxylog(configs["fast", "pack"]),
     }
     results: dict[str, list[Result]] = {name: [] for name in paths}
     try:
@@ -231,12 +239,15 @@ def main() -> int:
             f"{r.rps / base_mitm:.2f} | {r.rps / base_lean:.2f} | {cpu[name]:,.0f} |"
         )
     lean_cpu = cpu["lean Master, cached dispatch (no addon)"]
-    proxylog_cpu = cpu["proxylog serve (file sink)"]
+    proxylog_cpu = cpu["proxylog serve, mitmproxy (file sink)"]
+    fast = median["proxylog serve, fast (file sink, default rule pack)"]
+    mitm = median["proxylog serve, mitmproxy (file sink, default rule pack)"]
     print(
-        f"\nproxylog CPU per request vs lean Master: {proxylog_cpu / lean_cpu:.3f}x "
+        f"\nproxylog (mitmproxy) CPU per request vs lean Master: {proxylog_cpu / lean_cpu:.3f}x "
         f"(+{proxylog_cpu - lean_cpu:.0f} µs); "
         f"vs mitmdump: {cpu['mitmdump (no addons)'] / proxylog_cpu:.2f}x less"
     )
+    print(f"fast plane vs mitmproxy plane, default rule pack: {fast.rps / mitm.rps:.2f}x req/s")
     spread = {name: [round(r.rps) for r in rs] for name, rs in results.items()}
     print(f"all rounds (req/s): {spread}")
     print("(Puma direct: the CPU column is Puma's own; nginx: nginx's single worker.)")

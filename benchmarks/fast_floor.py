@@ -44,7 +44,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 @dataclass(slots=True)
 class LeanExchange:
     request_id: str
-    upstream_target: bytes
+    path: bytes
     upstream_headers: list[tuple[bytes, bytes]]
     method: bytes
     request_body_bytes: int = 0
@@ -95,7 +95,7 @@ class LeanHandler:
     def finish(self, ex: LeanExchange) -> None:
         self.finished += 1
 
-    def unreadable(self, reason: str) -> None:
+    def unreadable(self, reason: str, timed_out: bool = False) -> None:
         pass
 
     def is_trusted(self, ip: str) -> bool:

@@ -20,13 +20,16 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _BYTES = re2.Options()
 _BYTES.encoding = re2.Options.Encoding.LATIN1  # match bytes, not UTF-8 sequences
 _BYTES.never_capture = True
+# Request-target bytes: visible ASCII except `"`, `<` and `>`, which no URI may hold (RFC 3986
+# §2) and which Puma answers with a bare 400, after which it stalls a kept-alive connection.
+_TARGET = rb"[\x21\x23-\x3b\x3d\x3f-\x7e]+"
 _CLEAN_HEAD = re2.compile(
-    _TOKEN + rb" [\x21-\x7e]+ HTTP/1\.[01]\r\n(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n",
+    _TOKEN + rb" " + _TARGET + rb" HTTP/1\.[01]\r\n(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n",
     _BYTES,
 )
 _VERSION_SHAPE = re2.compile(rb"HTTP/[0-9]\.[0-9]", _BYTES)
 _LINE_BYTES = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
-_TARGET_BYTES = bytes(range(0x21, 0x7F))
+_TARGET_BYTES = bytes(b for b in range(0x21, 0x7F) if b not in b'"<>')
 # reg-name, IP-literal and port characters (RFC 3986 §3.2.2), what Puma may see as the host.
 _HOST_BYTES = b"-._~!$&'()*+,;=:[]%0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _MAX_LENGTH_DIGITS = 18  # below 2**63: every plane and Puma parse it the same way
@@ -119,6 +122,12 @@ def _semantics(raw: bytes) -> str | None:
                 return "asterisk-form request-target without OPTIONS"
         elif not target[:8].lower().startswith((b"http://", b"https://")):
             return "invalid request-target"
+        else:
+            authority = target.split(b"://", 1)[1].split(b"/", 1)[0].split(b"?", 1)[0]
+            if b"@" in authority:  # RFC 9110 §4.2.4: userinfo in a target is an error
+                return "userinfo in request-target"
+            if not authority or authority.translate(None, _HOST_BYTES):
+                return "invalid authority in request-target"
     low = raw.lower()
     if b"_" in low:
         for spelling, name in _UNDERSCORE_SPELLINGS:
@@ -147,8 +156,8 @@ def _semantics(raw: bytes) -> str | None:
         if length >= 0:
             return "Content-Length and Transfer-Encoding together"
     host = low.find(b"\nhost:")
-    if host < 0:
-        return "missing Host header" if version == b"HTTP/1.1" else None
+    if host < 0:  # absolute-form names the host itself (RFC 9112 §3.2.2)
+        return "missing Host header" if version == b"HTTP/1.1" and target[0] == 0x2F else None
     if low.find(b"\nhost:", host + 1) >= 0:
         return "more than one Host header"
     if _value(raw, host + 6).translate(None, _HOST_BYTES):

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ class Proxylog:
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
         if not self._listening.wait(STARTUP_TIMEOUT):
-            self.kill()
+            self.close()  # the pipes too: a half-started process must not leak them
             raise RuntimeError("proxylog did not start:\n" + "\n".join(self.stderr_lines))
 
     def _read_stderr(self) -> None:
@@ -138,22 +138,29 @@ class Proxylog:
         return f"http://127.0.0.1:{self.port}"
 
     def records(self, count: int | None = None, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """The access records written so far; with `count`, wait until at least that many."""
-        deadline = time.monotonic() + timeout
-        while True:
-            lines = self.records_path.read_bytes().splitlines() if self.records_path.exists() else []
-            records = [orjson.loads(line) for line in lines]
-            if count is None or len(records) >= count or time.monotonic() > deadline:
-                return records
-            time.sleep(0.02)
+        """The records written so far; with `count`, wait until there are at least that many
+        and fail (showing what was there) if they do not come within `timeout`."""
+        return self._wait(lambda: self._read(), count, timeout)
 
     def access(self, count: int | None = None, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Only the access records (no markers, audits or alerts); with `count`, wait for them."""
+        """Only the access records (no markers, audits or alerts); with `count`, as `records`."""
+        return self._wait(lambda: [r for r in self._read() if "url" in r], count, timeout)
+
+    def _read(self) -> list[dict[str, Any]]:
+        lines = self.records_path.read_bytes().splitlines() if self.records_path.exists() else []
+        return [orjson.loads(line) for line in lines]
+
+    @staticmethod
+    def _wait(
+        read: Callable[[], list[dict[str, Any]]], count: int | None, timeout: float
+    ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
-            records = [r for r in self.records() if "url" in r]
-            if count is None or len(records) >= count or time.monotonic() > deadline:
+            records = read()
+            if count is None or len(records) >= count:
                 return records
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(records)} records after {timeout:g} s, not {count}: {records}")
             time.sleep(0.02)
 
     def rss_kib(self, field: str = "VmRSS") -> int:
@@ -194,7 +201,7 @@ def puma() -> Iterator[Puma]:
 
 # The data planes every end-to-end behaviour runs on; `@pytest.mark.engines("mitmproxy")`
 # narrows a test to the engines it applies to (its docstring says why).
-ENGINES = ("mitmproxy",)
+ENGINES = ("mitmproxy", "fast")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

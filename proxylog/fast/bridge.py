@@ -25,7 +25,7 @@ class PipelineHandler:
 
     def check(self, ex: Exchange) -> bytes | None:
         if ex.host_headers > 1:
-            return self.reply(ex, 400, "request_invalid", "multiple Host headers")
+            return self.reply(ex, 400, "request_invalid", "more than one Host header")
         block = self.pipeline.decide(ex)
         return None if block is None else self._answer(ex, block)
 

@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 HEAD, EXCHANGE, CLOSED = range(3)
 P_CLOSING = 4  # refused: reading stops for good (pause reasons share the Relay's bits)
 _TLS_HANDSHAKE = 0x16
+# A fatal handshake_failure alert (RFC 8446 §6): a TLS client on the plain listener is told so
+# at once, as the mitmproxy plane does, instead of waiting for a timeout.
+_TLS_HANDSHAKE_FAILURE = b"\x15\x03\x01\x00\x02\x02\x28"
+
+
+_EMPTY_LINE_START = (0x0D, 0x0A)
 
 
 class ClientConn(asyncio.Protocol):
@@ -135,9 +141,9 @@ class ClientConn(asyncio.Protocol):
             self.started = time.time()
             if data[0] == _TLS_HANDSHAKE and not self.requests:
                 self._unreadable("TLS handshake on a plain-HTTP listener")
-                self.close()
+                self.send_and_close(_TLS_HANDSHAKE_FAILURE, linger=False)
                 return
-            if data[0] != 0x0D:  # no empty line to skip: the common case, without copying
+            if data[0] not in _EMPTY_LINE_START:  # no empty line to skip: the common case, no copy
                 end = data.find(b"\r\n\r\n")
                 if 0 <= end <= limit - 4:
                     end += 4
@@ -145,8 +151,13 @@ class ClientConn(asyncio.Protocol):
                     return
         pending += data
         skip = 0
-        while pending.startswith(b"\r\n", skip):  # RFC 9112 §2.2: empty lines before a request
-            skip += 2
+        while True:  # RFC 9112 §2.2: empty lines before a request (CRLF or a bare LF)
+            if pending.startswith(b"\r\n", skip):
+                skip += 2
+            elif pending.startswith(b"\n", skip):
+                skip += 1
+            else:
+                break
         if skip:
             del pending[:skip]
             self.skipped += skip

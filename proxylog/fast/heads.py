@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Not forwarded as the client sent them (RFC 9110 §7.6.1). Expect is answered by the plane
-# itself (it sends 100 Continue when it is about to forward the body), so Puma never sees it.
-HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"expect"}
-)
+from proxylog.pipeline.headers import HOP_BY_HOP
+
 # What the client's head is searched for (lower-cased), to skip all hop-by-hop work when absent.
 _HOP_MARKS = tuple(b"\n" + name + b":" for name in HOP_BY_HOP)
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

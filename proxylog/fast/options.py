@@ -4,23 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Names a client's Connection header can never strip from what Puma receives: framing, and the
-# forwarding fields the pipeline sets (``Connection: X-Forwarded-For`` must not delete the
-# pipeline's rewritten value and let Puma see the proxy as the client).
-PROTECTED_FROM_CONNECTION = frozenset(
-    {
-        b"host",
-        b"content-length",
-        b"transfer-encoding",
-        b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-        b"x-forwarded-proto",
-        b"x-real-ip",
-        b"x-request-id",
-    }
-)
+from proxylog.pipeline.headers import PROTECTED_FROM_CONNECTION
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,8 +99,7 @@ class Relay:
             self.reply(503, "shutdown", "proxylog is shutting down")
             return
         blocked = handler.check(ex)
-        if blocked is not None:
-            self._count_unread(rest)
+        if blocked is not None:  # its body is never read: it counts 0 bytes, as on every plane
             self._close_with(blocked, unread=not self.body_done or bool(rest))
             return
         limit = options.body_size
@@ -288,13 +287,6 @@ class Relay:
         limit = self.conn.server.options.header_bytes
         if len(self.ahead) > limit:
             self._cut("request_invalid", 400, f"the client sent over {limit} bytes ahead of its answer")
-
-    def _count_unread(self, rest: bytes) -> None:
-        """Body bytes that came with the head of a request answered without reading its body."""
-        if self.facts.body == LENGTH:
-            self.ex.request_body_bytes += min(len(rest), self.facts.length)
-        elif self.facts.body == CHUNKED:
-            self.ex.request_body_bytes += len(rest)
 
     # -- the response (UpstreamConn callbacks) -----------------------------------------
 

@@ -20,7 +20,15 @@ from proxylog.config import Config, ConfigError, TimeoutSpec, load_config
 from proxylog.deadlines import Deadlines
 from proxylog.http1 import make_reply
 from proxylog.mitm import connections
-from proxylog.mitm.flows import ByteCounter, FlowState, settle, start_flow, start_response, state_of
+from proxylog.mitm.flows import (
+    ByteCounter,
+    FlowState,
+    restore_client_view,
+    settle,
+    start_flow,
+    start_response,
+    state_of,
+)
 from proxylog.mitm.layers import guard_http1, refuse_tls_on_plain_listener
 from proxylog.mitm.replies import reject, reply, reply_to_error
 from proxylog.pipeline import Pipeline
@@ -28,7 +36,8 @@ from proxylog.runtime import Runtime
 
 logger = logging.getLogger("proxylog")
 
-# mitmproxy defaults that break a front proxy (DESIGN §7); applied under `mitmdump -s` when
+# mitmproxy defaults that break a front proxy (eager upstream connections, a rewritten Host,
+# unvalidated inbound headers, refusing non-local upstreams); applied under `mitmdump -s` when
 # the user left them at mitmproxy's default.
 FRONT_PROXY_OPTIONS: dict[str, Any] = {
     "connection_strategy": "lazy",
@@ -226,7 +235,7 @@ class ProxyLog:
             reject(flow, state, 503, "shutdown", "proxylog is shutting down")
             return
         if state.host_headers > 1:
-            reject(flow, state, 400, "request_invalid", "multiple Host headers")
+            reject(flow, state, 400, "request_invalid", "more than one Host header")
             return
         if _over_body_limit(flow, runtime.config.limits.body_size):
             return  # mitmproxy refuses it next (413): no verdict, so no second reply
@@ -301,6 +310,7 @@ class ProxyLog:
         if state is None or self.runtime is None:
             return
         self._upstream_due.disarm(flow)
+        restore_client_view(flow, state)
         if start_response(flow, state, self.pipeline):
             # Streamed as it arrives and counted; mitmproxy would otherwise buffer it whole.
             state.response_counter = flow.response.stream = ByteCounter()  # type: ignore[union-attr]
@@ -317,6 +327,7 @@ class ProxyLog:
         if state is None or state.done:
             return
         self._upstream_due.disarm(flow)
+        restore_client_view(flow, state)
         if state.error_type is None and not state.replied:
             # (when proxylog already answered, e.g. a block, this is just its own kill)
             reply_to_error(flow, state)

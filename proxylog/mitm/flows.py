@@ -9,6 +9,7 @@ from mitmproxy import http
 
 from proxylog.config import RecordSpec
 from proxylog.pipeline import Exchange, Pipeline, RequestHead
+from proxylog.pipeline.headers import split_hop_by_hop
 from proxylog.pipeline.records import record_for
 from proxylog.record import AccessRecord
 from proxylog.redact.bodies import BodyParser
@@ -37,6 +38,9 @@ class FlowState(Exchange):
     request_counter: ByteCounter | None = None
     response_counter: ByteCounter | None = None
     timed_out: bool = False
+    # What start_flow took off the request for Puma and `restore_client_view` puts back.
+    client_hop: tuple[tuple[bytes, bytes], ...] = ()
+    client_version: str | None = None
 
 
 def state_of(flow: http.HTTPFlow) -> FlowState | None:
@@ -46,28 +50,58 @@ def state_of(flow: http.HTTPFlow) -> FlowState | None:
 def head_of(flow: http.HTTPFlow) -> RequestHead:
     """The flow's request as the pipeline takes it."""
     request = flow.request
+    data = request.data
+    fields = list(request.headers.fields)
+    # its size as sent: an absolute-form target counts its scheme and authority too
+    target = len(data.path) + (len(data.scheme) + 3 + len(data.authority) if data.authority else 0)
+    size = len(data.method) + target + len(data.http_version) + 6
+    size += sum(len(name) + len(value) + 4 for name, value in fields)
     return RequestHead(
-        method=request.data.method,
-        target=request.data.path,
-        version=request.data.http_version,
-        headers=list(request.headers.fields),
+        method=data.method,
+        target=data.path,
+        version=data.http_version,
+        headers=fields,
         peer=flow.client_conn.peername[:2],
         tls=flow.client_conn.tls_established,
         started=request.timestamp_start,
-        authority=request.data.authority,
+        head_bytes=size,
+        authority=data.authority,
     )
 
 
+# mitmproxy answers Expect: 100-continue itself, after requestheaders: leave it to it.
+_MITMPROXY_HANDLES = frozenset({b"expect"})
+
+
 def start_flow(flow: http.HTTPFlow, pipeline: Pipeline) -> FlowState:
-    """Begin the flow's exchange and give the flow the header fields Puma is to see (origin-
-    form for an absolute-form HTTP/1 request). Called once per request, in requestheaders."""
+    """Begin the flow's exchange and give the flow what Puma is to see: the pipeline's header
+    fields without hop-by-hop ones, origin-form for an absolute-form HTTP/1 request, and
+    HTTP/1.1, as the fast plane sends. mitmproxy reads the same request object to decide the
+    client connection's fate after the response, so `restore_client_view` puts the client's
+    hop-by-hop fields and version back once the request has gone. Called once per request,
+    in requestheaders."""
     state = pipeline.begin(head_of(flow), FlowState)
     request = flow.request
-    request.headers.fields = tuple(state.upstream_headers)
+    kept, removed = split_hop_by_hop(state.upstream_headers, _MITMPROXY_HANDLES)
+    state.upstream_headers[:] = kept
+    state.client_hop = tuple(removed)
+    request.headers.fields = tuple(kept)
+    if request.http_version == "HTTP/1.0":
+        state.client_version, request.http_version = "HTTP/1.0", "HTTP/1.1"
     if request.data.authority and request.http_version.startswith("HTTP/1"):
         request.data.authority = b""
     flow.metadata[META] = state
     return state
+
+
+def restore_client_view(flow: http.HTTPFlow, state: FlowState) -> None:
+    """Once the request has gone to Puma: the client's own version and hop-by-hop fields back
+    on the request, for mitmproxy's keep-alive decision (Connection: close, HTTP/1.0)."""
+    if state.client_version is not None:
+        flow.request.http_version, state.client_version = state.client_version, None
+    if state.client_hop:
+        flow.request.headers.fields += state.client_hop
+        state.client_hop = ()
 
 
 _BODYLESS_STATUS = frozenset({204, 304})

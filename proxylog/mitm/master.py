@@ -51,7 +51,8 @@ def needs_tls(specs: list[str]) -> bool:
 
 
 def master_options(config: Config, specs: list[str]) -> dict[str, Any]:
-    """The mitmproxy options a front proxy needs (DESIGN §7), from the config."""
+    """The mitmproxy options a front proxy needs, from the config: lazy upstream connections,
+    the client's Host kept, inbound headers validated, large bodies streamed."""
     return {
         "mode": specs,
         "connection_strategy": "lazy",

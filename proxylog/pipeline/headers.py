@@ -35,6 +35,30 @@ _UNDERSCORE_CHECKED = (
 _PROXYLOG_PREFIX = b"x-proxylog-"
 TAGS_HEADER = b"X-Proxylog-Tags"
 
+# Not forwarded as the client sent them (RFC 9110 §7.6.1), nor any name the client's
+# Connection header lists, except the PROTECTED ones. Expect is answered by the plane itself
+# (100 Continue when it is about to forward the body), so Puma never sees it.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"expect"}
+)
+# Names a client's Connection header can never strip from what Puma receives: framing, and the
+# forwarding fields the pipeline sets (``Connection: X-Forwarded-For`` must not delete the
+# pipeline's rewritten value and let Puma see the proxy as the client).
+PROTECTED_FROM_CONNECTION = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-proto",
+        b"x-real-ip",
+        b"x-request-id",
+    }
+)
+
 # What the pass does with a header, by lowercased name, in one dict lookup: the first four
 # are dropped (X-Forwarded-For and X-Request-Id are read first), the rest read and forwarded.
 _STRIP, _XFF, _REQUEST_ID, _TRUSTED_ONLY, _AGENT, _HOST, _LENGTH, _CHUNKED, _TYPE = range(9)
@@ -83,8 +107,14 @@ def open_exchange[E: Exchange](
     host = b""
     hosts = 0
     has_length = chunked = False
-    authority, path = (head.authority, head.target) if head.authority else split_target(head.target)
-    size = head.head_bytes or len(head.method) + len(head.target) + len(head.version) + 4
+    if head.authority:
+        authority, path = head.authority, head.target
+    elif head.method == b"CONNECT":  # authority-form: no path (refused, but recorded)
+        authority, path = head.target, b""
+    else:
+        authority, path = split_target(head.target)
+    # the request line (two spaces, CRLF) and the final CRLF; each field adds name: value CRLF
+    size = head.head_bytes or len(head.method) + len(head.target) + len(head.version) + 6
     for name, value in head.headers:
         if not head.head_bytes:
             size += len(name) + len(value) + 4
@@ -163,6 +193,27 @@ def open_exchange[E: Exchange](
         upstream_headers=kept,
         truncated=truncated,
     )
+
+
+def split_hop_by_hop(fields: Fields, keep: frozenset[bytes] = frozenset()) -> tuple[Fields, Fields]:
+    """(what Puma may receive, the hop-by-hop fields removed): HOP_BY_HOP names other than
+    `keep`, and the names the Connection header lists, other than PROTECTED_FROM_CONNECTION.
+    A protocol upgrade (Upgrade with a Connection: upgrade token) keeps both fields."""
+    tokens: set[bytes] = set()
+    for name, value in fields:
+        if name.lower() == b"connection":
+            tokens.update(t.strip(b" \t").lower() for t in value.split(b","))
+    if not tokens and not any(name.lower() in HOP_BY_HOP for name, _ in fields):
+        return fields, []
+    upgrade = b"upgrade" in tokens and any(name.lower() == b"upgrade" for name, _ in fields)
+    drop = (HOP_BY_HOP | (tokens - PROTECTED_FROM_CONNECTION)) - keep
+    if upgrade:
+        drop -= {b"upgrade", b"connection"}
+    kept: Fields = []
+    removed: Fields = []
+    for field in fields:
+        (removed if field[0].lower() in drop else kept).append(field)
+    return kept, removed
 
 
 def add_tags(ex: Exchange, tags: tuple[str, ...]) -> None:

@@ -12,6 +12,24 @@ from proxylog.record import AccessRecord
 from proxylog.redact.bodies import BodyParser
 from proxylog.rules.types import RequestFacts
 
+# Header names as the rules see them (str), decoded once per distinct name: a site sends a
+# few dozen, so the cache stays small; a client inventing names only ever adds to a bounded one.
+_NAME_CACHE: dict[bytes, str] = {}
+_NAME_CACHE_MAX = 4096
+
+
+def _names(raw: tuple[bytes, ...]) -> frozenset[str]:
+    cache = _NAME_CACHE
+    out = []
+    for name in raw:
+        text_name = cache.get(name)
+        if text_name is None:
+            text_name = name.decode("latin-1")
+            if len(cache) < _NAME_CACHE_MAX:
+                cache[name] = text_name
+        out.append(text_name)
+    return frozenset(out)
+
 
 def facts_for(ex: Exchange, spec: RecordSpec) -> RequestFacts:
     """What the rule engine sees of this request (raw path and query, log-safe text)."""
@@ -24,7 +42,7 @@ def facts_for(ex: Exchange, spec: RecordSpec) -> RequestFacts:
         path=text(raw_path, "", spec, scratch),
         query=text(raw_query, "", spec, scratch) if sep else None,
         user_agent=ex.user_agent,
-        header_names=frozenset(name.decode("latin-1") for name in ex.header_names),
+        header_names=_names(ex.header_names),
         host=text(without_port(ex.host), "", spec, scratch),
         resolved=ex.identity.resolved,
     )

@@ -1,7 +1,7 @@
 """Where the rule engine keeps what it must remember: windowed counters, bans, offence history.
 
 The engine talks to a `Store` only through the protocols below, so a shared backend (redis,
-for several workers or hosts: DESIGN §6) can replace the in-process `MemoryStore` without
+for several workers or hosts) can replace the in-process `MemoryStore` without
 touching the engine. Every method is synchronous and must stay cheap: it runs per request.
 """
 
