@@ -161,6 +161,8 @@ class UpstreamConn(asyncio.Protocol):
             parser = httptools.HttpResponseParser(response)
             try:
                 parser.feed_data(data[: end + 4])
+            except httptools.HttpParserUpgrade:
+                pass  # a 101: llhttp stops at the head, which is all that is fed here
             except httptools.HttpParserError as e:
                 self._fail(owner, "upstream_invalid", f"invalid response head: {e}")
                 return

@@ -43,6 +43,8 @@ FRONT_PROXY_OPTIONS: dict[str, Any] = {
     "connection_strategy": "lazy",
     "keep_host_header": True,
     "validate_inbound_headers": True,
+    # an upgraded connection (WebSocket) is a byte tunnel, counted both ways, not decoded
+    "websocket": False,
     "block_global": False,
 }
 
@@ -74,6 +76,8 @@ class ProxyLog:
         self._preset = config or (runtime.config if runtime else None)
         # Requests between requestheaders and their record, by flow id.
         self._inflight: dict[str, http.HTTPFlow] = {}
+        # Upgraded requests whose tunnel is open, by client connection id.
+        self._tunnels: dict[str, http.HTTPFlow] = {}
         self._draining = False
         # Puma's response headers are due timeouts.upstream after the request ends; a client's
         # request headers timeouts.header after it connects or is answered. Retuned on reload.
@@ -318,8 +322,36 @@ class ProxyLog:
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
+        if state is None:
+            return
+        if flow.response is not None and flow.response.status_code == 101 and not state.replied:
+            # a tunnel follows (raw TCP: `websocket` is off): recorded when it closes
+            settle(flow, state)
+            state.upgraded = True
+            self._tunnels[flow.client_conn.id] = flow
+            return
+        self._finish(flow, state)
+
+    @guarded
+    def tcp_message(self, tcp_flow: Any) -> None:
+        flow = self._tunnels.get(tcp_flow.client_conn.id)
+        state = state_of(flow) if flow is not None else None
         if state is not None:
+            message = tcp_flow.messages[-1]
+            if message.from_client:
+                state.request_body_bytes += len(message.content)
+            else:
+                state.response_body_bytes += len(message.content)
+        tcp_flow.messages.clear()  # counted, never kept: a cable may stay open for hours
+
+    @guarded
+    def tcp_end(self, tcp_flow: Any) -> None:
+        flow = self._tunnels.pop(tcp_flow.client_conn.id, None)
+        state = state_of(flow) if flow is not None else None
+        if flow is not None and state is not None:
             self._finish(flow, state)
+
+    tcp_error = tcp_end
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:

@@ -132,6 +132,8 @@ def settle(flow: http.HTTPFlow, state: FlowState) -> None:
     """Copy what became of the flow into its exchange: the status the client received (its
     own reply, or Puma's once streamed or fully received), bytes and upstream timings."""
     request, response = flow.request, flow.response
+    if state.upgraded:  # settled at the 101; the tunnel's bytes are counted as they pass
+        return
     if state.request_counter is not None:
         state.request_body_bytes = state.request_counter.bytes
     else:

@@ -58,6 +58,7 @@ def master_options(config: Config, specs: list[str]) -> dict[str, Any]:
         "connection_strategy": "lazy",
         "keep_host_header": True,
         "validate_inbound_headers": True,
+        "websocket": False,  # an upgraded connection is a counted byte tunnel (raw TCP)
         "stream_large_bodies": str(config.limits.stream_threshold),
         "body_size_limit": None if config.limits.body_size is None else str(config.limits.body_size),
         "tcp_timeout": max(1, int(config.timeouts.idle)),
