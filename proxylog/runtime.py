@@ -18,12 +18,13 @@ from urllib.parse import urlsplit
 
 from proxylog.alerts import AlertDispatcher
 from proxylog.config import Config, ConfigError, load_config
+from proxylog.config.secrets import read_secret
 from proxylog.config.sinks import SinkSpec
 from proxylog.identity import TrustedProxies
 from proxylog.metrics import RequestMetrics
 from proxylog.record import MODES, AccessRecord, Mode, encode_document, encode_record, event_document
 from proxylog.redact import Redactor
-from proxylog.redact.bodies import build_body_parser
+from proxylog.redact.bodies import BodyParser, build_body_parser
 from proxylog.rules import RuleEngine, RuleEvent
 from proxylog.sinks import Sink, SinkWorker, build_sink
 from proxylog.state.file import StateFile
@@ -112,15 +113,7 @@ class Runtime:
         """Build the per-config parts, then swap them in together; rule state (from
         `previous`) and unchanged alert webhooks carry over. Raises ConfigError (a bad intel
         file, an unreadable token), changing nothing."""
-        trusted = TrustedProxies(config.trusted_proxies)
-        redactor = Redactor(config.redact)
-        body_parser = build_body_parser(config.redact)
-        engine = RuleEngine(
-            config.rules,
-            self.clock,
-            previous=previous,
-            listener=self._on_rule_event,
-        )
+        parts = compile_parts(config, self.clock, previous, self._on_rule_event)
         alerts = self.alerts
         if alerts is None or alerts.specs != config.alerts:
             alerts = (
@@ -135,7 +128,8 @@ class Runtime:
             )
         if self.alerts is not None and alerts is not self.alerts:
             self.alerts.close()
-        self.trusted, self.redactor, self.body_parser, self.engine = trusted, redactor, body_parser, engine
+        self.trusted, self.redactor = parts.trusted, parts.redactor
+        self.body_parser, self.engine = parts.body_parser, parts.engine
         self.alerts = alerts
 
     # -- the request path -------------------------------------------------------------------
@@ -243,20 +237,22 @@ class Runtime:
             return None
         return await asyncio.wrap_future(self._last_save)
 
-    async def reload(self, who: str) -> ReloadResult:
-        """Re-read the config file, validate it whole and swap it in; a bad file keeps the old
-        config running. Audited either way; never raises."""
+    async def reload(self, who: str, source: str | None = None) -> ReloadResult:
+        """Re-read the config file (`source`: another file from now on), validate it whole and
+        swap it in, keeping the rule state, the operator's mode and the sinks that did not
+        change; a bad file keeps the old config running. Audited either way; never raises.
+        The one reload path: SIGHUP, `ctl reload`, the file watch and mitmdump's
+        `proxylog_config` option all come here."""
         try:
             async with self._reload_lock:  # one at a time: a later file never loses to an earlier
-                return await self._reload(who)
+                return await self._reload(who, source or self.config.source)
         except Exception as e:  # a bug: the old config keeps serving, and the caller hears why
             self.internal_errors += 1
             logger.exception("reload failed unexpectedly")
             error = ConfigError("", f"reload failed: {type(e).__name__}: {e}")
             return self._reload_failed(who, self.config.source or "", error)
 
-    async def _reload(self, who: str) -> ReloadResult:
-        source = self.config.source
+    async def _reload(self, who: str, source: str | None) -> ReloadResult:
         if source is None:
             return ReloadResult(False, "no config file to reload (started without --config)")
         try:
@@ -460,6 +456,47 @@ class Runtime:
             self.alerts.close()
         lost = await asyncio.gather(*(w.close(timeout) for w in self.workers))
         return sum(lost)
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What a request needs, compiled from one config."""
+
+    trusted: TrustedProxies
+    redactor: Redactor
+    body_parser: BodyParser | None
+    engine: RuleEngine
+
+
+def compile_parts(
+    config: Config,
+    clock: Callable[[], float] = time.time,
+    previous: RuleEngine | None = None,
+    listener: Callable[[RuleEvent], None] | None = None,
+) -> Parts:
+    """The one compile step, used by `serve` (and every reload) and by `check`: trusted
+    proxies, the redactor (patterns compiled together), body capture and the rule engine
+    (intel files read). Raises ConfigError."""
+    return Parts(
+        TrustedProxies(config.trusted_proxies),
+        Redactor(config.redact),
+        build_body_parser(config.redact),
+        RuleEngine(config.rules, clock, previous=previous, listener=listener),
+    )
+
+
+def check_config(config: Config) -> None:
+    """Everything `serve` builds from a config, short of binding sockets or starting threads:
+    the compiled parts, every sink constructed and closed again, the control and alert
+    secrets read. Raises ConfigError naming the key."""
+    compile_parts(config)
+    for spec in config.sinks:
+        build_sink(spec).close()
+    if config.control.tcp is not None:
+        read_secret(config.control.token_file, config.control.token_env, "control")
+    for index, alert in enumerate(config.alerts):
+        if alert.token_file or alert.token_env:
+            read_secret(alert.token_file, alert.token_env, f"alerts[{index}]")
 
 
 def _address(url: str) -> tuple[str, int]:

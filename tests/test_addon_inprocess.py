@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from mitmproxy.test import taddons, tflow
 
@@ -60,3 +62,28 @@ def test_bad_config_path_is_an_options_error(tmp_path) -> None:
     addon = ProxyLog()
     with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match=r"timeouts\.upstream"):
         tctx.configure(addon, proxylog_config=str(bad))
+
+
+async def test_a_new_proxylog_config_is_a_reload_that_keeps_bans_and_the_mode(tmp_path) -> None:
+    """Under mitmdump, pointing `proxylog_config` at another file goes through the reload
+    path: the new file applies, and the bans and the operator's mode carry over."""
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(f"state_dir: {tmp_path}/state\nrecord: {{headers: [referer]}}\n")
+    second.write_text(f"state_dir: {tmp_path}/state\nrecord: {{headers: [accept]}}\n")
+    addon = ProxyLog()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, proxylog_config=str(first))
+        runtime = addon.runtime
+        assert runtime is not None and runtime.config.record.headers == ("referer",)
+        runtime.engine.ban("192.0.2.9", 600)
+        runtime.set_mode("enforce", "test")
+        tctx.configure(addon, proxylog_config=str(second))
+        for _ in range(200):  # the reload runs as a task on this loop
+            if runtime.config.record.headers == ("accept",):
+                break
+            await asyncio.sleep(0.01)
+        assert addon.runtime is runtime
+        assert runtime.config.record.headers == ("accept",) and runtime.config.source == str(second)
+        assert [ban.key for ban in runtime.engine.bans()] == ["192.0.2.9"]
+        assert runtime.mode == "enforce"
+        await addon.done()

@@ -147,16 +147,12 @@ def _check_paths(config: Config) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate everything `serve` would, short of binding sockets: the file, the mitmproxy
-    modes, the rule engine and redactor built from it (intel files read, patterns compiled
-    together), the secrets sinks, alerts and the TCP control port read, and that the state
-    directory and file sinks' directories can be created and written."""
+    """Validate everything `serve` would, short of binding sockets: the file, the engine and
+    (for mitmproxy) its modes, then the same compile step `serve` runs (rule engine and
+    redactor, intel files read, patterns compiled together), every sink built, the secrets
+    read, and that the state directory and file sinks' directories can be created."""
     from proxylog.config import load_config, serving_engine
-    from proxylog.config.ops import ControlSpec
-    from proxylog.config.secrets import read_secret
-    from proxylog.redact import Redactor
-    from proxylog.rules import RuleEngine
-    from proxylog.sinks import build_sink
+    from proxylog.runtime import check_config
 
     config = load_config(args.file)
     _check_paths(config)
@@ -165,16 +161,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         from proxylog.mitm.master import proxy_modes
 
         proxy_modes(config)
-    Redactor(config.redact)
-    RuleEngine(config.rules)  # patterns that only fail together, intel files
-    for spec in config.sinks:
-        build_sink(spec).close()
-    control: ControlSpec = config.control
-    if control.tcp is not None:
-        read_secret(control.token_file, control.token_env, "control")
-    for index, alert in enumerate(config.alerts):
-        if alert.token_file or alert.token_env:
-            read_secret(alert.token_file, alert.token_env, f"alerts[{index}]")
+    check_config(config)
     print(f"{args.file}: ok ({len(config.sinks)} sinks, engine {engine})")
     return EXIT_OK
 

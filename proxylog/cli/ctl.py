@@ -152,7 +152,8 @@ def socket_from_config(path: str) -> str:
 
 def _client(args: argparse.Namespace) -> ControlClient:
     if args.tcp:
-        token = read_secret(args.token_file, "PROXYLOG_CONTROL_TOKEN", "--token-file")
+        env = "PROXYLOG_CONTROL_TOKEN"
+        token = read_secret(args.token_file, env, "", file_key="--token-file", env_key=env)
         return ControlClient(tcp=parse_host_port(args.tcp), token=token)
     path = args.socket or (socket_from_config(args.config) if args.config else Config().control_socket)
     return ControlClient(socket_path=path)

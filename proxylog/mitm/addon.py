@@ -84,6 +84,7 @@ class ProxyLog:
         self._upstream_due: Deadlines[http.HTTPFlow] = Deadlines(TimeoutSpec().upstream)
         self._headers_due: Deadlines[Any] = Deadlines(TimeoutSpec().header)
         self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # owned: awaited in done()
         self._drained = asyncio.Event()
         self._drained.set()
         self._runtime: Runtime | None = None
@@ -128,10 +129,19 @@ class ProxyLog:
             )
         except ConfigError as e:
             raise exceptions.OptionsError(f"proxylog_config: {e}") from e
-        old, self.runtime = self.runtime, Runtime(config)
-        if old is not None:
-            asyncio.get_running_loop().create_task(old.close(config.timeouts.drain))
-            self.runtime.start()
+        if self.runtime is None:
+            self.runtime = Runtime(config)
+            return
+        # a new file for a running proxy: the one reload path, keeping bans, counters and mode
+        task = asyncio.get_running_loop().create_task(self._reload(ctx.options.proxylog_config))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload(self, path: str) -> None:
+        if self.runtime is not None:
+            result = await self.runtime.reload("proxylog_config option", source=path)
+            if not result.ok:
+                logger.error("proxylog_config %s not applied: %s", path, result.error)
 
     def running(self) -> None:
         if self.runtime is None:
@@ -149,9 +159,11 @@ class ProxyLog:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_deadlines())
 
     async def done(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        tasks = [*self._tasks, *([self._sweeper] if self._sweeper is not None else [])]
+        self._sweeper = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         try:
             self.abandon_inflight()
         finally:  # the queued records are flushed whatever happened to the in-flight ones

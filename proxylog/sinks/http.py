@@ -18,7 +18,6 @@ import datetime
 import gzip
 import hashlib
 import http.client
-import os
 import socket
 import ssl
 from typing import Any
@@ -28,32 +27,15 @@ import orjson
 
 from proxylog import __version__
 from proxylog.config.reader import display_url
+from proxylog.config.secrets import read_secret
 from proxylog.config.sinks import HttpSpec
-from proxylog.errors import ConfigError, SinkError
+from proxylog.errors import SinkError
 from proxylog.sinks.base import PartialFailure, PoisonBatch
 from proxylog.sinks.syslog import build_tls_context
 
 RETRY_STATUSES = frozenset({401, 403, 404, 407, 408, 425, 429})
 POISON_BUDGET = 32  # requests one batch may spend isolating poison lines
 GZIP_LEVEL = 1
-
-
-def read_token(path: str | None, env: str | None, where: str) -> str:
-    """The token in file `path` (stripped) or environment variable `env`; raises ConfigError
-    naming `where` when it is unreadable or empty."""
-    if path:
-        try:
-            with open(os.path.expanduser(path), encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as e:
-            raise ConfigError(f"{where}.token_file", f"cannot read {path}: {e.strerror or e}") from e
-        if not token:
-            raise ConfigError(f"{where}.token_file", f"{path} is empty")
-        return token
-    token = os.environ.get(env or "", "").strip()
-    if not token:
-        raise ConfigError(f"{where}.token_env", f"environment variable {env} is not set or empty")
-    return token
 
 
 class _Refused(Exception):
@@ -94,7 +76,7 @@ class HttpSink:
         if not (spec.token_file or spec.token_env):
             self._auth = None
             return
-        token = read_token(spec.token_file, spec.token_env, f"sinks[{spec.name}]")
+        token = read_secret(spec.token_file, spec.token_env, f"sinks[{spec.name}]")
         if spec.auth_scheme and spec.auth_scheme.lower() == "basic" and ":" in token:
             token = base64.b64encode(token.encode()).decode()
         self._auth = f"{spec.auth_scheme} {token}" if spec.auth_scheme else token

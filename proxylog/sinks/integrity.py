@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from proxylog.errors import ConfigError
+from proxylog.config.secrets import read_key as read_secret_key
 from proxylog.record import encode_document, event_document
 
 DOMAIN = b"proxylog-chain-v1\x00"
@@ -37,15 +37,8 @@ _SUFFIX = re.compile(
 )
 
 def read_key(path: str, where: str = "integrity.key_file") -> bytes:
-    """The HMAC key in `path` (surrounding whitespace stripped); raises ConfigError."""
-    try:
-        with open(os.path.expanduser(path), "rb") as f:
-            key = f.read().strip()
-    except OSError as e:
-        raise ConfigError(where, f"cannot read key file {path}: {e.strerror or e}") from e
-    if len(key) < MIN_KEY_BYTES:
-        raise ConfigError(where, f"key file {path} holds {len(key)} bytes; at least {MIN_KEY_BYTES} needed")
-    return key
+    """The chain's HMAC key in `path` (whitespace stripped); raises ConfigError."""
+    return read_secret_key(path, where, MIN_KEY_BYTES)
 
 
 def key_id(key: bytes) -> str:
