@@ -12,15 +12,18 @@ import argparse
 import base64
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
 
 from proxylog.config import Config, load_config
-from proxylog.identity import is_valid_request_id, new_request_id
-from proxylog.record import AccessRecord, cap_text, encode_record, flatten, to_ecs
+from proxylog.identity import TrustedProxies
+from proxylog.pipeline import Exchange, RequestHead
+from proxylog.pipeline.headers import open_exchange, response_fields
+from proxylog.pipeline.records import record_for as record_for_exchange
+from proxylog.record import AccessRecord, encode_record, flatten, to_ecs
 from proxylog.redact import Redactor
 from proxylog.redact.bodies import build_body_parser
 
@@ -234,68 +237,37 @@ def parse_raw(data: bytes) -> TestRequest:
 def record_for(
     request: TestRequest, config: Config, *, client_ip: str = "127.0.0.1", all_headers: bool = False
 ) -> AccessRecord | None:
-    """The unredacted record the proxy would build for `request` (None: it would log none)."""
+    """The unredacted record the proxy would build for `request` (None: it would log none),
+    through the pipeline's own header pass and record builder."""
     if not request.target:
         return None
     spec = config.record
-    truncated: list[str] = []
-
-    def text(value: str, name: str) -> str:
-        capped, cut = cap_text(value, spec.max_field_bytes)
-        if cut:
-            truncated.append(name)
-        return capped
-
-    captured = _captured(request.headers, None if all_headers else spec.headers)
-    response = _captured(request.response_headers, None if all_headers else spec.response_headers)
-    values = {name.lower(): value for name, value in request.headers}
-    raw_path, sep, raw_query = request.target.partition("?")
-    host = values.get("host", "")
-    request_id = values.get("x-request-id", "")
-    body_parser = build_body_parser(config.redact)
-    head_bytes = (
-        len(request.method) + len(request.target) + 12 + sum(len(n) + len(v) + 4 for n, v in request.headers)
+    if all_headers:
+        spec = replace(
+            spec,
+            headers=tuple(dict.fromkeys(n.lower() for n, _ in request.headers)),
+            response_headers=tuple(dict.fromkeys(n.lower() for n, _ in request.response_headers)),
+        )
+    head = RequestHead(
+        method=request.method.encode("utf-8", "surrogateescape"),
+        target=request.target.encode("utf-8", "surrogateescape"),
+        version=b"HTTP/1.1",
+        headers=_fields(request.headers),
+        peer=(client_ip, 0),
+        tls=request.scheme == "https",
+        started=time.time(),
     )
-    return AccessRecord(
-        timestamp=time.time(),
-        request_id=request_id if is_valid_request_id(request_id) else new_request_id(),
-        method=text(request.method, "http.request.method"),
-        scheme=request.scheme,
-        domain=text(_without_port(host), "url.domain"),
-        path=text(raw_path, "url.path"),
-        query=text(raw_query, "url.query") if sep else None,
-        http_version="1.1",
-        client_ip=client_ip,
-        source_ip=client_ip,
-        source_port=0,
-        user_agent=text(values["user-agent"], "user_agent.original") if "user-agent" in values else None,
-        request_headers=tuple((n, text(v, f"http.request.headers.{n}")) for n, v in captured),
-        response_headers=tuple((n, text(v, f"http.response.headers.{n}")) for n, v in response),
-        status=200 if request.response_headers else None,
-        request_bytes=head_bytes + len(request.body),
-        request_body_bytes=len(request.body),
-        truncated=tuple(truncated),
-        request_body=body_parser(values.get("content-type"), request.body)
-        if body_parser and request.body
-        else None,
-    )
+    ex: Exchange = open_exchange(head, TrustedProxies(()), spec)
+    ex.request_body_bytes = len(request.body)
+    ex.request_content = request.body or None
+    if request.response_headers:
+        response_fields(ex, _fields(request.response_headers), spec)
+        ex.status = 200
+    return record_for_exchange(ex, spec, body_parser=build_body_parser(config.redact))
 
 
-def _captured(headers: list[tuple[str, str]], wanted: tuple[str, ...] | None) -> list[tuple[str, str]]:
-    """Lower-case names, repeats joined with ", " (as the proxy captures them)."""
-    found: dict[str, str] = {}
-    for name, value in headers:
-        lower = name.lower()
-        if wanted is None or lower in wanted:
-            found[lower] = f"{found[lower]}, {value}" if lower in found else value
-    return list(found.items())
-
-
-def _without_port(host: str) -> str:
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    name, sep, port = host.rpartition(":")
-    return name if sep and port.isdigit() else host
+def _fields(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(n.encode("latin-1", "replace"), v.encode("utf-8", "surrogateescape")) for n, v in headers]
 
 
 def changed_fields(before: AccessRecord, after: AccessRecord) -> list[str]:
