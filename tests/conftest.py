@@ -241,7 +241,7 @@ def records_for(records: list[dict[str, Any]], request_id: str) -> list[dict[str
 
 # Fixtures that start real servers or a proxylog process: a test using one is end-to-end
 # (`pytest -m "not e2e"` is the fast loop without them).
-E2E_FIXTURES = frozenset({"puma", "start_proxylog", "rsyslog", "start_fast", "redis_server", "engine_proxy"})
+E2E_FIXTURES = frozenset({"puma", "start_proxylog", "rsyslog", "redis_server"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

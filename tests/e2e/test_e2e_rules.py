@@ -15,7 +15,7 @@ import pytest
 
 from tests._http import request
 from tests.conftest import Puma
-from tests.test_control import ctl_json
+from tests.ops.test_control import ctl_json
 
 PROBE_RULES = [
     {

@@ -18,7 +18,7 @@ from proxylog.rules import RequestFacts, RuleEngine
 from proxylog.rules.intel import IntelList, parse_intel
 from proxylog.testing import FakeClock
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 from tests.conftest import corpora_dir  # noqa: E402
 
 SAMPLES = ROOT / "configs" / "intel"

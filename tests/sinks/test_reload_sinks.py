@@ -19,7 +19,7 @@ from proxylog.runtime import Runtime
 from proxylog.sinks import SinkWorker
 from tests._http import request
 from tests.conftest import free_port
-from tests.test_control import ctl, documents
+from tests.ops.test_control import ctl, documents
 
 
 def edit_config(proxy: Any, edit: Any) -> None:

@@ -25,7 +25,7 @@ from proxylog.rules.sources import (
 )
 from proxylog.testing import make_record
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACK = ROOT / "configs" / "rules" / "default.yaml"
 PROBING = {
     "rules": [

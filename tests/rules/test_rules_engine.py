@@ -38,7 +38,7 @@ def _facts(
     )
 
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ERRORS = {"id": "errors", "when": {"status": ["4xx"]}, "threshold": 3, "action": "block", "ban": "10m"}
 
 

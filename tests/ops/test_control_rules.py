@@ -13,8 +13,8 @@ import yaml
 from proxylog.cli.ctl import ControlClient
 from tests._http import request
 from tests.conftest import ROOT, Puma
-from tests.test_control import ctl, ctl_json, documents, rewrite_config, wait_until
-from tests.test_control import receiver as receiver  # the fixture, re-exported
+from tests.ops.test_control import ctl, ctl_json, documents, rewrite_config, wait_until
+from tests.ops.test_control import receiver as receiver  # the fixture, re-exported
 
 ALWAYS = [{"id": "always", "when": {"path": "^/always"}, "threshold": 1, "window": "60s", "action": "block"}]
 

@@ -38,7 +38,7 @@ from proxylog.record import Mode
 from proxylog.rules import RequestFacts, RuleEngine, RuleEvent, Verdict
 from proxylog.testing import FakeClock
 
-CASES = Path(__file__).parent / "data" / "rules"
+CASES = Path(__file__).resolve().parents[1] / "data" / "rules"
 START = 1_700_000_000.0
 REQUEST_KEYS = {"ip", "method", "path", "query", "ua", "headers", "host"}
 

@@ -14,7 +14,7 @@ from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import named_lists, parse_rules
 from proxylog.rules.named_lists import load_list
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INTEL = ROOT / "configs" / "intel" / "firehol_level1.netset"
 
 

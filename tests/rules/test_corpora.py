@@ -27,7 +27,7 @@ from proxylog.rules import RuleEngine
 from proxylog.rules.replay import ReplayReport, replay
 from proxylog.rules.sources import Entry, facts_from_corpus
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 from tests.conftest import corpora_dir  # noqa: E402
 
 DATA = corpora_dir()
