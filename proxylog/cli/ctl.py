@@ -202,7 +202,8 @@ def _human(command: str, p: dict[str, Any]) -> str:
             for s in p["sinks"]
         )
         lines = [
-            f"proxylog {p['version']}, mode {p['mode']}, up {p['uptime_s']:.0f}s",
+            f"proxylog {p['version']}, engine {p.get('engine', '?')}, mode {p['mode']}, "
+            f"up {p['uptime_s']:.0f}s",
             f"config: {p['config'] or '(built-in defaults)'}",
             f"in flight: {p.get('inflight', '?')}, active bans: {p['bans']}",
             "sinks:",

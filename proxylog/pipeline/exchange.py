@@ -74,6 +74,11 @@ class Exchange:
     header_names: tuple[bytes, ...]
     # what Puma receives: rewritten forwarding headers, then the tag header if tagged
     upstream_headers: Fields
+    # the request line and host as log-safe text, for the rules and the record alike
+    method_text: str = ""
+    path_text: str = ""
+    query_text: str | None = None
+    domain_text: str = ""
     truncated: list[str] = field(default_factory=list)
     mode: Mode = Mode.MONITOR
     facts: RequestFacts | None = None

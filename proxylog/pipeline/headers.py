@@ -7,7 +7,7 @@ from __future__ import annotations
 from proxylog.config import RecordSpec
 from proxylog.identity import TrustedProxies, is_valid_request_id, new_request_id
 from proxylog.pipeline.exchange import Exchange, Fields, RequestHead
-from proxylog.pipeline.text import text
+from proxylog.pipeline.text import text, without_port
 
 # Headers a client may use to lie about who or where it is. Puma maps `_` and `-` alike,
 # so the underscore spellings of these are stripped too.
@@ -114,15 +114,17 @@ def open_exchange[E: Exchange](
     else:
         authority, path = split_target(head.target)
     # the request line (two spaces, CRLF) and the final CRLF; each field adds name: value CRLF
-    size = head.head_bytes or len(head.method) + len(head.target) + len(head.version) + 6
+    size = head.head_bytes
+    if not size:
+        size = len(head.method) + len(head.target) + len(head.version) + 6
+        size += sum(len(name) + len(value) + 4 for name, value in head.headers)
+    handle, keep, note = _HANDLING.get, kept.append, names.append
     for name, value in head.headers:
-        if not head.head_bytes:
-            size += len(name) + len(value) + 4
         lname = name.lower()
-        names.append(lname)
+        note(lname)
         if lname in capture:
             found[lname] = found[lname] + b", " + value if lname in found else value
-        handling = _HANDLING.get(lname)
+        handling = handle(lname)
         if handling is None:  # most headers: forwarded unless a spoofing variant
             if b"_" in lname:
                 norm = lname.replace(b"_", b"-")
@@ -149,7 +151,7 @@ def open_exchange[E: Exchange](
             chunked = True
         else:
             content_type = value
-        kept.append((name, value))
+        keep((name, value))
 
     if authority and head.version.startswith(b"HTTP/1"):
         # absolute-form: the authority wins over Host (RFC 9112 §3.2.2) and Puma gets origin-form
@@ -173,6 +175,9 @@ def open_exchange[E: Exchange](
     kept.append((b"X-Request-Id", client_request_id.encode("ascii")))
 
     truncated: list[str] = []
+    user_agent = None if agent is None else text(agent, "user_agent.original", spec, truncated)
+    captured = _capture(found, "http.request.headers", spec, truncated) if found else ()
+    raw_path, sep, raw_query = path.partition(b"?")
     return factory(
         request_id=client_request_id,
         identity=identity,
@@ -187,10 +192,14 @@ def open_exchange[E: Exchange](
         host_headers=hosts,
         chunked_upload=chunked and not has_length,
         content_type=content_type,
-        user_agent=None if agent is None else text(agent, "user_agent.original", spec, truncated),
-        captured=_capture(found, "http.request.headers", spec, truncated) if found else (),
+        user_agent=user_agent,
+        captured=captured,
         header_names=tuple(names),
         upstream_headers=kept,
+        method_text=text(head.method, "http.request.method", spec, truncated),
+        domain_text=text(without_port(host), "url.domain", spec, truncated),
+        path_text=text(raw_path, "url.path", spec, truncated),
+        query_text=text(raw_query, "url.query", spec, truncated) if sep else None,
         truncated=truncated,
     )
 

@@ -7,7 +7,7 @@ import time
 
 from proxylog.config import RecordSpec
 from proxylog.pipeline.exchange import Exchange
-from proxylog.pipeline.text import text, without_port
+from proxylog.pipeline.text import text
 from proxylog.record import AccessRecord
 from proxylog.redact.bodies import BodyParser
 from proxylog.rules.types import RequestFacts
@@ -33,17 +33,15 @@ def _names(raw: tuple[bytes, ...]) -> frozenset[str]:
 
 def facts_for(ex: Exchange, spec: RecordSpec) -> RequestFacts:
     """What the rule engine sees of this request (raw path and query, log-safe text)."""
-    raw_path, sep, raw_query = ex.path.partition(b"?")
-    scratch: list[str] = []  # truncation here is not the record's business
     return RequestFacts(
         ts=ex.started,
         client_ip=ex.identity.ip,
-        method=text(ex.method, "", spec, scratch),
-        path=text(raw_path, "", spec, scratch),
-        query=text(raw_query, "", spec, scratch) if sep else None,
+        method=ex.method_text,
+        path=ex.path_text,
+        query=ex.query_text,
         user_agent=ex.user_agent,
         header_names=_names(ex.header_names),
-        host=text(without_port(ex.host), "", spec, scratch),
+        host=ex.domain_text,
         resolved=ex.identity.resolved,
     )
 
@@ -56,7 +54,6 @@ def record_for(
     into ``request_body`` for the redactor to clean."""
     now = time.time() if now is None else now
     truncated = ex.truncated
-    raw_path, sep, raw_query = ex.path.partition(b"?")
     captured_body = None
     if body_parser is not None and ex.request_content:
         content_type = None if ex.content_type is None else ex.content_type.decode("latin-1")
@@ -69,11 +66,11 @@ def record_for(
     return AccessRecord(
         timestamp=ex.started,
         request_id=ex.request_id,
-        method=text(ex.method, "http.request.method", spec, truncated),
+        method=ex.method_text,
         scheme=ex.scheme,
-        domain=text(without_port(ex.host), "url.domain", spec, truncated),
-        path=text(raw_path, "url.path", spec, truncated),
-        query=text(raw_query, "url.query", spec, truncated) if sep else None,
+        domain=ex.domain_text,
+        path=ex.path_text,
+        query=ex.query_text,
         http_version=ex.version.decode("latin-1").removeprefix("HTTP/"),
         client_ip=ex.identity.ip,
         source_ip=ex.identity.peer,

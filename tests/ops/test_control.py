@@ -55,8 +55,9 @@ def rewrite_config(proxy: Any, **changes: Any) -> None:
     proxy.config_path.write_text(yaml.safe_dump(config))
 
 
-def test_control_socket_is_private_and_answers_ctl(start_proxylog) -> None:
-    """The control socket is 0600, and `proxylog ctl status` reports mode, sinks and config."""
+def test_control_socket_is_private_and_answers_ctl(start_proxylog, engine: str) -> None:
+    """The control socket is 0600, and `proxylog ctl status` reports the engine, mode, sinks
+    and config; the startup line names the engine too."""
     proxy = start_proxylog()
     assert stat.S_IMODE(proxy.control_socket.stat().st_mode) == 0o600
     by_config = subprocess.run(
@@ -69,8 +70,11 @@ def test_control_socket_is_private_and_answers_ctl(start_proxylog) -> None:
     result = ctl(proxy, "status")
     assert result.returncode == 0, result.stderr
     assert "mode monitor" in result.stdout and str(proxy.config_path) in result.stdout
+    assert f"engine {engine}," in result.stdout
     status = ctl_json(proxy, "status")
     assert status["ok"] and status["mode"] == "monitor" and status["inflight"] == 0
+    assert status["engine"] == engine
+    assert any(line.endswith(f"(engine: {engine})") for line in proxy.stderr_lines)
 
 
 def test_another_user_cannot_use_the_control_socket(start_proxylog) -> None:
