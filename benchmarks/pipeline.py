@@ -10,16 +10,18 @@ counted), with the process pinned to one CPU.
    per batch, --repeat x 10 batches, the median and p99 of the per-record batch means. For
    scale, the same with secrets to hide (Authorization, Cookie, a token in the query) and
    with a captured JSON body.
-2. Pipeline. Flows of the same request (built off the clock) through the stages the addon
-   runs, in its order: start_flow (Pipeline.begin: client identity, captured headers,
-   forwarding headers, rule facts), Pipeline.decide (engine.check), start_response,
-   engine.observe, settle + record_for (the record) and Runtime.emit (redact, encode with
-   orjson, queue on the sink; the sink thread is not run).
-   The flows come from 1,000 client addresses in turn, a site's traffic (one client's
-   flood would keep the rate rules firing on every request; benchmarks/rules.py measures
-   scanner traffic). Records per second, best of --repeat, with the built-in defaults (no
-   rules) and the shipped configs/proxylog.yaml (default rule pack, monitor mode), each
-   capturing the default headers or all ten; then one more pass split per stage.
+2. Pipeline on the mitmproxy plane. Flows of the same request (built off the clock) through
+   the stages the addon runs, in its order: start_flow (Pipeline.begin: client identity,
+   captured headers, forwarding headers, rule facts), Pipeline.decide (engine.check),
+   start_response, engine.observe, settle + record_for (the record) and Runtime.emit
+   (redact, encode with orjson, queue on the sink; the sink thread is not run). The
+   flows come from 1,000 client addresses in turn, a site's traffic (one client's flood
+   would keep the rate rules firing on every request; benchmarks/rules.py measures
+   scanner traffic). Records per second, best of --repeat, with the built-in defaults
+   (no rules) and the shipped configs/proxylog.yaml (default rule pack, monitor mode),
+   each capturing the default headers or all ten; then one more pass split per stage.
+3. The plane-neutral pipeline alone: the same request as a `RequestHead` (what the fast
+   plane builds from the bytes it read) through begin, decide, response_fields and finish.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from proxylog.config import Config, RecordSpec, load_config
 from proxylog.config.redact import RedactSpec
 from proxylog.identity import new_request_id
 from proxylog.mitm.flows import settle, start_flow, start_response
-from proxylog.pipeline import Pipeline
+from proxylog.pipeline import Pipeline, RequestHead
 from proxylog.pipeline.records import record_for
 from proxylog.record import AccessRecord, encode_record
 from proxylog.redact import Redactor
@@ -283,6 +285,73 @@ def bench_pipeline(records: int, repeat: int) -> None:
         print(f"   {'row ' + str(index):<6}" + "".join(f"{split[s] / count / 1000:>18.2f}" for s in STAGES))
 
 
+def make_heads(count: int) -> list[RequestHead]:
+    """The typical request as a data plane hands it to the pipeline (what the fast plane
+    builds from the bytes it read), from CLIENTS returning clients in turn."""
+    now = time.time()
+    fields = [(name.encode(), value.encode()) for name, value in HEADERS]
+    target = f"{PATH}?{QUERY}".encode()
+    size = len(target) + 20 + sum(len(n) + len(v) + 4 for n, v in fields)
+    return [
+        RequestHead(
+            b"GET",
+            target,
+            b"HTTP/1.1",
+            list(fields),
+            (f"93.{184 + i // 256}.{i % 256}.34", 50_000),
+            False,
+            now,
+            size,
+        )
+        for i in (index % CLIENTS for index in range(count))
+    ]
+
+
+RESPONSE = [(b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", b"2013")]
+
+
+def run_neutral(runtime: Runtime, heads: list[RequestHead]) -> int:
+    """CPU nanoseconds to take every head through the pipeline as the fast plane does:
+    begin, decide, response_fields, the plane's counts, finish (record, redact, encode, queue)."""
+    pipeline = Pipeline(runtime)
+    clock = time.thread_time_ns
+    start = clock()
+    for head in heads:
+        ex = pipeline.begin(head)
+        pipeline.decide(ex)
+        ex.request_ended = ex.response_started = head.started
+        pipeline.response_fields(ex, RESPONSE)
+        ex.status, ex.response_head_bytes, ex.response_body_bytes = 200, 120, 2013
+        pipeline.finish(ex)
+    return clock() - start
+
+
+def bench_neutral(records: int, repeat: int) -> None:
+    shipped = load_config(ROOT / "configs" / "proxylog.yaml")
+    print(
+        f"\n3. The plane-neutral pipeline alone (what the fast plane drives): begin → decide → "
+        f"response_fields → finish; {records:,} records, CPU time, best of {repeat}"
+    )
+    print(f"   {'config':<62} {'records/s':>10} {'µs/record':>10}")
+    chunk = 2000
+    for name, config in (
+        ("built-in defaults (no rules)", Config()),
+        (f"configs/proxylog.yaml ({_rule_count(shipped)} rules, monitor)", shipped),
+    ):
+        runtime = Runtime(config, sinks=[MemorySink()])
+        run_neutral(runtime, make_heads(chunk))
+        best = float("inf")
+        for _ in range(repeat):
+            elapsed = done = 0
+            while done < records:
+                heads = make_heads(min(chunk, records - done))
+                _fresh_queues(runtime, config)
+                elapsed += run_neutral(runtime, heads)
+                done += len(heads)
+            best = min(best, elapsed / 1e9)
+        print(f"   {name:<62} {records / best:>10,.0f} {best / records * 1e6:>10.2f}")
+
+
 def _fresh_queues(runtime: Runtime, config: Config) -> None:
     """Empty sink queues for the next chunk, off the clock: a full queue takes a cheaper
     (dropping) path. The workers of a throwaway Runtime; the redactor and engine stay warm."""
@@ -308,6 +377,7 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, pinned to CPU {cpu}, load average {os.getloadavg()[0]:.2f}\n")
     bench_redaction(args.repeat)
     bench_pipeline(args.records, args.repeat)
+    bench_neutral(args.records, args.repeat)
 
 
 if __name__ == "__main__":
