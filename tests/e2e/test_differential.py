@@ -11,12 +11,13 @@ sends: mitmproxy forwards Puma's framing, the fast plane reframes).
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.conftest import Puma, corpora_dir
+from tests.conftest import Puma
 
 pytestmark = pytest.mark.e2e
 
@@ -133,7 +134,7 @@ def _corpus_requests() -> list[tuple[str, bytes]]:
     """The CrowdSec hub's AppSec test requests (attacks and the benign ones beside them), as
     raw HTTP/1.1 requests with a unique marker in the query."""
     out = []
-    path = corpora_dir() / "crowdsec-hub" / "appsec_requests.jsonl"
+    path = Path(__file__).resolve().parents[1] / "data" / "crowdsec-appsec-requests.jsonl"
     for index, line in enumerate(path.read_bytes().splitlines()):
         case = orjson.loads(line)
         body = (case.get("body") or "").encode()
