@@ -240,7 +240,7 @@ def memory(spec: RulesSpec) -> None:
             engine.check(facts)
             engine.observe(facts, 404)
         used = tracemalloc.get_traced_memory()[0] - base
-        keys = engine.stats()["rules"]["probing"]["keys"]  # type: ignore[index]
+        keys = engine.stats().rules["probing"].keys
         print(f"  {step * 50_000:>7,} addresses: {used / 2**20:6.1f} MiB, probing tracks {keys:,} keys")
     tracemalloc.stop()
 

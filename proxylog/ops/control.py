@@ -162,7 +162,7 @@ async def _stats(server: ControlServer, request: Request, args: dict[str, Any]) 
     return {
         "requests": {f"{klass}/{action}": n for (klass, action), n in sorted(metrics.requests.items())},
         "upstream": {"count": metrics.upstream_count, "sum_s": round(metrics.upstream_sum, 3)},
-        "rules": runtime.engine.stats(),
+        "rules": runtime.engine.stats().as_dict(),
         "sinks": {w.name: w.snapshot() for w in runtime.workers},
         "reloads": dict(metrics.reloads),
         "alerts": None

@@ -62,8 +62,8 @@ class RuntimeCollector:
 
         stats = runtime.engine.stats()
         hits = CounterMetricFamily("proxylog_rule_hits", "Requests each rule matched.", labels=["rule"])
-        for rule, count in sorted(dict(stats.get("rule_hits", {})).items()):  # type: ignore[call-overload]
-            hits.add_metric([rule], count)
+        for rule, counts in sorted(stats.rules.items()):
+            hits.add_metric([rule], counts.matched)
         yield hits
         yield GaugeMetricFamily("proxylog_active_bans", "Active bans.", value=len(runtime.engine.bans()))
 

@@ -13,6 +13,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from cachetools import LRUCache
 
@@ -378,26 +380,57 @@ class RuleEngine:
         if any(changed):
             self._generation += 1
 
-    def stats(self) -> dict[str, object]:
-        """Counters for metrics: `rule_hits` (requests each rule matched), per-rule detail
-        (matched, fired, bans, keys tracked), active and refused bans, intel list sizes."""
-        rules: dict[str, object] = {}
-        for rule_id, stats in self._stats.items():
-            rule = self._rules[rule_id]
-            rules[rule_id] = {
-                "matched": stats.matched,
-                "fired": stats.fired,
-                "bans": stats.bans,
-                "keys": sum(len(counter) for counter in rule.counters),
-            }
+    def stats(self) -> EngineStats:
+        """Counters for metrics and `ctl stats`: per-rule detail (matched, fired, bans, keys
+        tracked), active and refused bans, intel list sizes."""
+        return EngineStats(
+            checks=self._checks,
+            observes=self._observes,
+            rules={
+                rule_id: RuleCounts(
+                    stats.matched, stats.fired, stats.bans, sum(map(len, self._rules[rule_id].counters))
+                )
+                for rule_id, stats in self._stats.items()
+            },
+            active_bans=len(self.bans()),
+            refused_bans=getattr(self.store.bans, "refused", 0),
+            intel={lst.spec.name: lst.stats() for lst in self._intel},
+            allowlist=len(self.allowlist()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RuleCounts:
+    """One rule's counters: requests it matched, times it fired, bans it made, keys tracked."""
+
+    matched: int
+    fired: int
+    bans: int
+    keys: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """The engine's counters at one moment (`RuleEngine.stats`)."""
+
+    checks: int
+    observes: int
+    rules: dict[str, RuleCounts]
+    active_bans: int
+    refused_bans: int
+    intel: dict[str, Any]
+    allowlist: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape `ctl stats` shows."""
         return {
-            "checks": self._checks,
-            "observes": self._observes,
-            "rule_hits": {rule_id: stats.matched for rule_id, stats in self._stats.items()},
-            "rules": rules,
-            "bans": {"active": len(self.bans()), "refused": getattr(self.store.bans, "refused", 0)},
-            "intel": {lst.spec.name: lst.stats() for lst in self._intel},
-            "allowlist": len(self.allowlist()),
+            "checks": self.checks,
+            "observes": self.observes,
+            "rule_hits": {rule_id: counts.matched for rule_id, counts in self.rules.items()},
+            "rules": {rule_id: asdict(counts) for rule_id, counts in self.rules.items()},
+            "bans": {"active": self.active_bans, "refused": self.refused_bans},
+            "intel": self.intel,
+            "allowlist": self.allowlist,
         }
 
 

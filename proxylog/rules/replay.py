@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from proxylog.config.rule_specs import RulesSpec
@@ -97,7 +97,7 @@ def replay(
         report.tagged_requests += bool(tags)
     if report.last_ts is not None:
         clock.now = report.last_ts
-    report.rules = dict(engine.stats()["rules"])  # type: ignore[call-overload]
+    report.rules = {rule_id: asdict(counts) for rule_id, counts in engine.stats().rules.items()}
     return report
 
 

@@ -140,7 +140,7 @@ def test_refresh_reloads_changed_files_when_due(tmp_path: Path) -> None:
     engine.refresh()
     assert not engine.check(_facts("9.9.9.9")).block
     assert engine.check(_facts("8.8.8.8")).block
-    stats = engine.stats()["intel"]
+    stats = engine.stats().intel
     assert stats["l"]["entries"] == 1  # type: ignore[index]
 
 

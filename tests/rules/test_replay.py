@@ -154,7 +154,7 @@ def test_replays_from_one_template_share_no_counts() -> None:
     template = RuleEngine(spec)
     reports = [replay(read_entries(lines), spec, template=template) for _ in range(3)]
     assert [report.rules["probing"]["matched"] for report in reports] == [3, 3, 3]
-    assert template.stats()["rules"]["probing"]["matched"] == 0
+    assert template.stats().rules["probing"].matched == 0
 
 
 @pytest.fixture

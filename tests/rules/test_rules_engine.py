@@ -166,7 +166,7 @@ def test_a_million_clients_cannot_grow_counters_but_never_evict_bans() -> None:
     _observe_errors(engine, "192.0.2.1", 2)
     for n in range(50_000):
         engine.observe(_facts(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"), 404)
-    stats: Any = engine.stats()
+    stats: Any = engine.stats().as_dict()
     assert stats["rules"]["errors"]["keys"] == 1000
     assert [b.key for b in engine.bans()] == ["192.0.2.1"]
     assert engine.check(_facts("192.0.2.1")).block
@@ -197,7 +197,7 @@ def test_stats_report_rules_bans_and_intel() -> None:
     """stats() has per-rule counts and ban totals for metrics."""
     engine = RuleEngine(_spec([ERRORS]), FakeClock())
     _observe_errors(engine, "192.0.2.1", 3)
-    stats: Any = engine.stats()
+    stats: Any = engine.stats().as_dict()
     assert stats["rules"]["errors"] == {"matched": 3, "fired": 1, "bans": 1, "keys": 1}
     assert stats["rule_hits"] == {"errors": 3}
     assert stats["bans"] == {"active": 1, "refused": 0}
