@@ -15,8 +15,8 @@ _RARE = (
     r"|nmap|xargs|printenv|getent|iptables|passwd|uptime|tac|nl|od|strings|readlink|timeout|whereis|which"
 )
 _COMMON = r"type|dir|ver|net|reg|sc|set|del|copy|start|more|less|head|tail|find|last|who|w|kill|touch|tar|date|time|sort|uniq|wc|file|host"
-_SEP = r"(?:[;|&\x60\x{e000}]|\$\()"
-_TAIL = r"(?:$|[;|&\x60)<>#]| ?-[a-z]| ?/| [0-9]+(?:$|[;|&])| [a-z0-9._~:@=-]{1,40}[/.=$;|&\x60)<>])"
+_SEP = r"(?:[;|&\x{e000}]|\$\(|(?:^|[;|&=(>a-z0-9])\x60)"
+_TAIL = r"(?:$|[;|&\x60)<>#\x{e000}]| ?-[a-z]| ?/| [0-9]+(?:$|[;|&])| [a-z0-9._~:@=-]{1,40}[/.=$;|&\x60)<>])"
 
 RCE: list[Rule] = rules("rce", "cmd", [
     (932230, 1, CRITICAL, "a", "Unix command after a shell separator",
@@ -24,9 +24,9 @@ RCE: list[Rule] = rules("rce", "cmd", [
     (932235, 1, CRITICAL, "a", "common-word command after a shell separator, with arguments",
      _SEP + r" ?(?:" + _COMMON + r")\b ?(?:-[a-z]{1,3}\b|/[a-z]|[a-z0-9._~-]{0,40}/)"),
     (932236, 1, CRITICAL, "a", "command at the start of a value, with a path or option",
-     r"^(?:" + _RARE + r")\b ?(?:-[a-z]{1,3} |/(?:etc|bin|tmp|dev|proc|var|usr|home|root)\b|[a-z0-9._~:-]{1,40}[;|\x60])"),
+     r"^(?:" + _RARE + r")\b ?(?:-[a-z]{1,3} |/(?:etc|bin|tmp|dev|proc|var|usr|home|root)\b|[a-z0-9._~:-]{1,40}[;|\x60]| ?(?:https?|ftp)://| [0-9]{1,3}\.[0-9]{1,3}\.)"),
     (932130, 1, CRITICAL, "a", "shell command substitution",
-     r"\$\( ?(?:" + _RARE + r"|" + _COMMON + r")\b|\x60 ?(?:" + _RARE + r")\b[^\n\x60]{0,80}\x60|\$\{(?:ifs|path|home|shell|user|pwd)\b"),
+     r"\$\( ?(?:" + _RARE + r"|" + _COMMON + r")\b|(?:^|[;|&=(>\x{e000}a-z0-9])\x60 ?(?:" + _RARE + r")\b[^\n\x60]{0,80}\x60|\$\{(?:ifs|path|home|shell|user|pwd)\b"),
     (932160, 1, CRITICAL, "a", "Unix shell path",
      r"(?:^|[ ;|&\x60(=<>])(?:/usr(?:/local)?)?/s?bin/(?:" + _RARE + r"|" + _COMMON + r")\b|/dev/(?:tcp|udp)/|\bmkfifo\b|/bin/(?:ba|z|k|da)?sh\b"),
     (932200, 1, CRITICAL, "a", "shell globbing or quoting evasion",

@@ -58,12 +58,12 @@ def decode(raw: str, *, plus: bool = True) -> Decoded:
     if plus and "+" in text:
         text = text.replace("+", " ")
     if "%" in text:
-        if "%c" in text or "%e0" in text:
-            for seq, char in _OVERLONG:
-                text = text.replace(seq, char)
         for _ in range(MAX_DECODES):
             if "%" not in text:
                 break
+            if "%c" in text or "%e0" in text:
+                for seq, char in _OVERLONG:
+                    text = text.replace(seq, char)
             if "%u" in text:
                 out.fullwidth = out.fullwidth or "%uff" in text
                 text = _PERCENT_U.sub(lambda m: chr(int(m.group(1), 16)), text)

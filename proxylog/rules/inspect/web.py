@@ -48,11 +48,13 @@ LFI: list[Rule] = rules("lfi", "plain", [
     (930110, 1, CRITICAL, "p", "path traversal in the path",
      r"(?:^|[/\\])\.{2,3}(?:[/\\;]|$)"),
     (930111, 1, CRITICAL, "ac", "path traversal in a value",
-     r"(?:^|[/\\=:\x{e000}])\.{2,3}[/\\]{1,2}[^\n]{0,200}?\.{2,3}[/\\]|(?:^|[/\\=])\.{2,3}[/\\]{1,2}(?:etc|proc|windows|winnt|boot|var|usr|home|root|tmp|bin|dev|sys|opt|inetpub|system32)\b|(?:^|/)\.{4,}[/\\]|\.\.;/"),
+     r"(?:^|[/\\=:\x{e000}])\.{2,3}[/\\]{1,2}[^\n]{0,200}?\.{2,3}[/\\]|(?:^|[/\\=])\.{2,3}[/\\]{1,2}(?:etc|proc|windows|winnt|boot|var|usr|home|root|tmp|bin|dev|sys|opt|inetpub|system32)\b|(?:^|/)\.{4,}[/\\]|\.\.;/|^\.{2,3}[/\\]"),
     (930120, 1, CRITICAL, "pac", "operating system file access",
-     r"(?:^|[/\\ =:]|file:|\x{e000})(?:etc/(?:passwd|shadow|group|gshadow|hosts|issue|motd|crontab|sudoers|fstab|mtab|resolv\.conf|environment|profile|bashrc|master\.passwd|security/|ssh/|apache2?/|httpd/|nginx/|mysql/|php[0-9.]*/|init\.d/|rc\.d/|inetd\.conf|hostname|network/|sysconfig/|redhat-release|debian_version|lsb-release|os-release|shells|aliases|exports|httpd\.conf|my\.cnf|vsftpd\.conf|pam\.d/|x11/|cron)|proc/(?:self|[0-9]+)/(?:environ|cmdline|fd|maps|status|cwd|exe|root|mem|mounts|stat)|proc/(?:version|cpuinfo|meminfo|mounts|net/)|(?:windows|winnt)/(?:win\.ini|system\.ini|system32|repair/|php\.ini|debug/|panther/)|boot\.ini\b|win\.ini\b|\.ssh/(?:id_[a-z0-9]+|authorized_keys|known_hosts)|\.(?:bash_history|bash_profile|mysql_history|psql_history|viminfo|zsh_history)\b|var/log/(?:[a-z0-9_-]{1,20}/)?(?:access|error|auth|syslog|messages|secure|mail|daemon)|var/(?:lib|spool|mail|run|www)/|usr/local/(?:apache|etc|lib)|web-inf/(?:web\.xml|classes|lib)|wp-config\.php|(?:^|/)(?:\.htpasswd|\.htaccess|\.env|\.git/config|\.aws/credentials|\.docker/config\.json)\b|(?:^|/)(?:config|configuration|settings|database|db|local)\.(?:php|yml|yaml|ini|inc|xml|json|cfg)(?:$|[?#~.])|c:/(?:windows|winnt|boot|inetpub|program)|\\windows\\)"),
+     r"(?:^|[/\\ =:]|file:|\x{e000})(?:etc/(?:passwd|shadow|group|gshadow|hosts|issue|motd|crontab|sudoers|fstab|mtab|resolv\.conf|environment|profile|bashrc|master\.passwd|security/|ssh/|apache2?/|httpd/|nginx/|mysql/|php[0-9.]*/|init\.d/|rc\.d/|inetd\.conf|hostname|network/|sysconfig/|redhat-release|debian_version|lsb-release|os-release|shells|aliases|exports|httpd\.conf|my\.cnf|vsftpd\.conf|pam\.d/|x11/|cron)|proc/(?:self|[0-9]+)/(?:environ|cmdline|fd|maps|status|cwd|exe|root|mem|mounts|stat)|proc/(?:version|cpuinfo|meminfo|mounts|net/)|(?:windows|winnt)/(?:win\.ini|system\.ini|system32|repair/|php\.ini|debug/|panther/)|boot\.ini\b|win\.ini\b|\.ssh/(?:id_[a-z0-9]+|authorized_keys|known_hosts)|\.(?:bash_history|bash_profile|mysql_history|psql_history|viminfo|zsh_history)\b|var/log/(?:[a-z0-9_-]{1,20}/)?(?:access|error|auth|syslog|messages|secure|mail|daemon)|var/(?:lib|spool|mail|run|www)/|usr/local/(?:apache|etc|lib)|web-inf/(?:web\.xml|classes|lib)|wp-config\.php|(?:^|/)(?:\.htpasswd|\.htaccess|\.env|\.git/config|\.aws/credentials|\.docker/config\.json)\b|(?:^|/)(?:config|configuration|settings|database|db|local)\.(?:php|yml|yaml|ini|inc|xml|json|cfg)(?:$|[?#~.])|c:[/\\](?:windows|winnt|boot|inetpub|program)|\\windows\\|\.bashrc\b|(?:apache2?|httpd|nginx)/logs?/(?:access|error)|web\.config\b)"),
     (930130, 1, CRITICAL, "p", "restricted file access",
-     r"/\.(?:git|svn|hg|bzr|env|aws|docker|htpasswd|htaccess|ds_store|idea|vscode|ssh|npmrc|netrc|pgpass|my\.cnf|bash_history|travis\.yml|gitlab-ci\.yml)(?:/|$|\.)|/web-inf/|/meta-inf/|\.(?:sql|bak|old|orig|swp|backup|tar\.gz|tgz|zip|7z|rar|sqlite|db|mdb|log|conf|cfg|ini|pem|key|pfx|p12|jks)$"),
+     r"/\.(?:git|svn|hg|bzr|env|aws|docker|htpasswd|htaccess|ds_store|idea|vscode|ssh|npmrc|netrc|pgpass|my\.cnf|bash_history|travis\.yml|gitlab-ci\.yml)(?:/|$|\.)|/web-inf/|/meta-inf/"),
+    (930131, 2, CRITICAL, "p", "backup, dump or key file",
+     r"\.(?:sql|bak|old|orig|swp|backup|sqlite|mdb|pem|key|pfx|p12|jks)$|~$"),
     (930121, 2, CRITICAL, "h", "operating system file in a header",
      r"(?:^|[/\\ =:])(?:etc/(?:passwd|shadow|hosts)|proc/self/|win\.ini|boot\.ini)\b|\.\.[/\\]\.\.[/\\]"),
 ])
@@ -66,7 +68,7 @@ RFI: list[Rule] = rules("rfi", "plain", [
      r"^(?:ht|f)tps?://[^\n? ]{1,300}?\.(?:php[0-9]?|phtml|txt|sh|pl|py|cgi|asp|aspx|jsp|exe|inc|js)(?:\?[^\n]*)?$"),
     (931121, 1, CRITICAL, "a", "non-web URL scheme",
      r"^(?:file|gopher|dict|ldap|ldaps|smb|tftp|jar|netdoc|sftp|ssh2|expect|phar|mailto:[^\n]{0,100}%0a)(?::|://)"),
-    (931130, 2, CRITICAL, "a", "absolute URL in a parameter",
+    (931130, 3, CRITICAL, "a", "absolute URL in a parameter",
      r"^(?:ht|f)tps?://[a-z0-9.-]+"),
 ])
 
@@ -88,7 +90,7 @@ PROTOCOL: list[Rule] = rules("protocol", "plain", [
      r"\* ?\) ?\( ?[|&!]? ?\(? ?[a-z]+ ?=|\) ?\( ?[|&!] ?\( ?[a-z]+ ?=|^\* ?\) ?\(|\( ?[|&] ?\( ?(?:uid|cn|objectclass|password|userpassword|mail|sn) ?="),
     (921240, 1, CRITICAL, "pa", "mod_proxy unix socket",
      r"\bunix:[^\n|]{0,200}\|"),
-    (921151, 2, CRITICAL, "a", "line break in a parameter value",
+    (921151, 3, CRITICAL, "a", "line break in a parameter value",
      _L),
 ])
 
@@ -102,7 +104,7 @@ GENERIC: list[Rule] = rules("generic", "plain", [
     (934110, 1, CRITICAL, "pac", "server-side request forgery to a metadata or loopback address",
      r"(?:^|[=@ ])(?:https?|gopher|dict|ftp|file)://(?:[^\n@/]{1,60}@)?(?:169\.254\.169\.254|metadata\.google\.internal|metadata\.azure\.com|100\.100\.100\.200|\[?fd00:ec2::254|localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|0\.0\.0\.0|0x7f[0-9a-f]{6}|2130706433|\[::1?\]|\[::ffff:)"),
     (934180, 1, CRITICAL, "pacn", "server-side template injection",
-     r"\{\{[^\n}]{0,100}(?:[0-9] ?[*+] ?[0-9]|config|self\b|request\b|class|mro|subclasses|globals|builtins|import|popen|cycler|joiner|namespace|lipsum|\|attr|constructor|_self\.env|getfilter|registerundefinedfilter|range ?\(|\.__)|\$\{ ?[0-9]+ ?[*+] ?[0-9]+ ?\}|#\{ ?[0-9]+ ?[*+] ?[0-9]+ ?\}|<%= ?[^\n%]{0,100}%>|<#assign\b|\bfreemarker\.template\.utility\.execute\b|__\$\{|\*\{ ?t ?\(|\{php\}|\{\{=|\{% ?(?:import|include|for|set|if|debug|load|extends)\b[^\n]{0,100}%\}|\$\{\{[^\n}]{0,60}\}\}|@\( ?[0-9]+ ?[*+] ?[0-9]+ ?\)"),
+     r"\{\{[^\n}]{0,100}(?:[0-9] ?[*+] ?['\"]?[0-9]|config|self\b|request\b|class|mro|subclasses|globals|builtins|import|popen|cycler|joiner|namespace|lipsum|\|attr|constructor|_self\.env|getfilter|registerundefinedfilter|range ?\(|\.__)|\$\{ ?[0-9]+ ?[*+] ?[0-9]+ ?\}|#\{ ?[0-9]+ ?[*+] ?[0-9]+ ?\}|<%= ?[^\n%]{0,100}%>|<#assign\b|\bfreemarker\.template\.utility\.execute\b|__\$\{|\*\{ ?t ?\(|\{php\}|\{\{=|\{% ?(?:import|include|for|set|if|debug|load|extends)\b[^\n]{0,100}%\}|\$\{\{[^\n}]{0,60}\}\}|@\( ?[0-9]+ ?[*+] ?[0-9]+ ?\)|\{\$smarty\.|\{\{ ?_self\b"),
     (934181, 2, WARNING, "a", "template delimiters",
      r"\{\{[^\n}]{1,100}\}\}|\{%[^\n%]{1,100}%\}|\$\{[^\n}]{1,100}\}"),
 ])

@@ -28,7 +28,7 @@ XSS: list[Rule] = rules("xss", "plain", [
     (941121, 1, CRITICAL, "pachn", "event handler inside a tag",
      r"<[a-z][^\n>]{0,200}[ /\"'\x60]on[a-z]{3,30} ?="),
     (941130, 1, CRITICAL, "pacn", "attribute vectors",
-     r"\b(?:xlink:href|formaction|srcdoc|fscommand|seeksegmenttime|background ?= ?['\"]? ?javascript)\b|\bdata ?: ?(?:text/html|application/(?:x-)?javascript|text/javascript|image/svg\+xml)\b|\bstyle ?= ?[^\n]{0,100}?(?:expression ?\(|javascript ?:|behavior ?:|-moz-binding)"),
+     r"<\?(?:import|xml:namespace)\b|\b(?:datasrc|datafld|dataformatas) ?=|\bstyle ?= ?[^\n]{0,60}\\0{0,4}[0-9a-f]{2}|\b(?:xlink:href|formaction|srcdoc|fscommand|seeksegmenttime|background ?= ?['\"]? ?javascript)\b|\bdata ?: ?(?:text/html|application/(?:x-)?javascript|text/javascript|image/svg\+xml)\b|\bstyle ?= ?[^\n]{0,100}?(?:expression ?\(|javascript ?:|behavior ?:|-moz-binding)"),
     (941140, 1, CRITICAL, "pachn", "javascript: or vbscript: URI",
      r"(?:java|vb|live|j ava|ja vascript)script ?: ?[^\n ]{0,60}[(\[.=\x60'\"]|(?:^|[ =\"'(])(?:java|vb)script ?: ?(?:alert|prompt|confirm|eval|void|top|this|self|window|document|location|fetch|open)\b"),
     (941160, 1, CRITICAL, "pacn", "HTML injection: active tags",
