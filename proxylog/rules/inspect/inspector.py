@@ -21,7 +21,7 @@ from proxylog.rules.inspect.catalog import CHECKS, GROUPS, Group, Rule
 from proxylog.rules.inspect.transforms import Decoded, cmd_form, decode, sql_form
 from proxylog.rules.types import RequestFacts
 
-MAX_VALUES = 2048
+MAX_VALUES = 512  # CRS's default cap on arguments is 255
 MAX_CHARS = 65_536
 CACHE = 4096  # per part: paths, user agents and cookies repeat
 ALLOWED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

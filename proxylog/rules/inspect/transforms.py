@@ -25,7 +25,6 @@ _PERCENT_U = re2.compile(r"%u([0-9a-f]{4})", _OPTIONS)
 _ENTITY = re2.compile(r"&(?:#x([0-9a-f]{1,6});?|#([0-9]{1,7});?|([a-z][a-z0-9]{1,31});)", _OPTIONS)
 _JS_ESCAPE = re2.compile(r"\\(?:u\{?([0-9a-f]{4})\}?|x([0-9a-f]{2}))", _OPTIONS)
 _VERSIONED_COMMENT = re2.compile(r"/\*!(?:[0-9]{5,6})?", _OPTIONS)
-_COMMENT = re2.compile(r"/\*(?:[^*]|\*[^/])*(?:\*/|\*?$)", _OPTIONS)
 _ENCODED = re2.compile(r"%[0-9a-f]{2}", _OPTIONS)
 # Overlong UTF-8 forms of "/", "\" and "." that some servers decode (IIS, old Tomcat).
 _OVERLONG = (("%c0%af", "/"), ("%e0%80%af", "/"), ("%c1%9c", "\\"), ("%c1%1c", "\\"), ("%c0%ae", "."))
@@ -59,7 +58,7 @@ def decode(raw: str, *, plus: bool = True) -> Decoded:
         text = text.replace("+", " ")
     if "%" in text:
         for _ in range(MAX_DECODES):
-            if "%" not in text:
+            if "%" not in text or (_ENCODED.search(text) is None and "%u" not in text):
                 break
             if "%c" in text or "%e0" in text:
                 for seq, char in _OVERLONG:
@@ -101,9 +100,16 @@ def sql_form(plain: str) -> str:
     """`plain` with SQL comments turned into spaces (MySQL's executable ``/*!`` kept)."""
     if "/*" not in plain:
         return plain
-    text = _VERSIONED_COMMENT.sub(" ", plain)
-    text = _COMMENT.sub(" ", text).replace("*/", " ")
-    return " ".join(text.split())
+    text = _VERSIONED_COMMENT.sub(" ", plain) if "/*!" in plain else plain
+    out: list[str] = []
+    at = 0
+    while (start := text.find("/*", at)) >= 0:  # str.find: linear, no per-match callback
+        out.append(text[at:start])
+        end = text.find("*/", start + 2)
+        at = len(text) if end < 0 else end + 2
+        out.append(" ")
+    out.append(text[at:])
+    return " ".join("".join(out).replace("*/", " ").split())
 
 
 def cmd_form(plain: str) -> str:
