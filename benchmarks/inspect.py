@@ -12,6 +12,7 @@ minus `check` with a rule that never matches, on the real Apache log (no bodies)
 8 KB benign form bodies (`check_body`), plus p99 on adversarial 8 KB bodies.
 """
 
+# ruff: noqa: E402  (the path fix below must run before any other import)
 from __future__ import annotations
 
 import os
@@ -59,15 +60,22 @@ def inspect_spec(paranoia: int) -> RulesSpec:
     return parse_rules(Node([rule], "rules"), None, None)
 
 
-def pack_spec() -> RulesSpec:
-    return parse_rules(Node([{"include": str(PACK)}], "rules"), None, None, base_dir=PACK.parent)
+def pack_spec(*packs: Path) -> RulesSpec:
+    includes = [{"include": str(p)} for p in (PACK, *packs)]
+    return parse_rules(Node(includes, "rules"), None, None, base_dir=PACK.parent)
 
 
-def load(path: Path, field: str = "path", keep: Callable[[dict[str, Any]], bool] = lambda d: True) -> list[dict[str, Any]]:
+def load(
+    path: Path, field: str = "path", keep: Callable[[dict[str, Any]], bool] = lambda d: True
+) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     docs = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    docs = [{**d, "path": d.get(field) or d["path"]} for d in docs if keep(d) and not d.get("duplicate_of_earlier")]
+    docs = [
+        {**d, "path": d.get(field) or d["path"]}
+        for d in docs
+        if keep(d) and not d.get("duplicate_of_earlier")
+    ]
     for d in docs:
         headers = {str(k).lower(): v for k, v in (d.get("headers") or {}).items()}
         headers.setdefault("user-agent", BROWSER)
@@ -85,21 +93,39 @@ def corpora() -> tuple[list[tuple[str, list[dict[str, Any]]]], list[tuple[str, l
     for cat in sorted(by_cat):
         attacks.append((f"PayloadsAllTheThings {cat}", by_cat[cat]))
     attacks.append(("PayloadsAllTheThings, all, fully encoded", load(pat, "path_fully_encoded")))
-    attacks.append(("CrowdSec AppSec cases (403 expected)", load(hub / "appsec_requests.jsonl", keep=lambda d: d["label"] == "attack")))
+    attacks.append(
+        (
+            "CrowdSec AppSec cases (403 expected)",
+            load(hub / "appsec_requests.jsonl", keep=lambda d: d["label"] == "attack"),
+        )
+    )
     single = {"sqli", "xss", "traversal"}
-    attacks.append(("CrowdSec scenario tests: sqli, xss, traversal lines", load(hub / "requests.jsonl", keep=lambda d: d["category"] in single)))
+    attacks.append(
+        (
+            "CrowdSec scenario tests: sqli, xss, traversal lines",
+            load(hub / "requests.jsonl", keep=lambda d: d["category"] in single),
+        )
+    )
     attacks.append(("fuzzdb recon probes (paths, not payloads)", load(DATA / "fuzzdb" / "requests.jsonl")))
     benign = [
         ("real Apache log (2015)", load(DATA / "real-access-logs" / "elastic-apache" / "requests.jsonl")),
-        ("crawler and browser user agents", load(DATA / "user-agents" / "requests.jsonl", keep=lambda d: d["label"] == "benign")),
-        ("CrowdSec AppSec benign cases + app whitelists", load(hub / "appsec_requests.jsonl", keep=lambda d: d["label"] == "benign")
-         + load(hub / "requests.jsonl", keep=lambda d: d["label"] == "benign")),
+        (
+            "crawler and browser user agents",
+            load(DATA / "user-agents" / "requests.jsonl", keep=lambda d: d["label"] == "benign"),
+        ),
+        (
+            "CrowdSec AppSec benign cases + app whitelists",
+            load(hub / "appsec_requests.jsonl", keep=lambda d: d["label"] == "benign")
+            + load(hub / "requests.jsonl", keep=lambda d: d["label"] == "benign"),
+        ),
         ("proxylog's benign form and JSON posts (written for tuning)", load(FORMS)),
     ]
     return attacks, benign
 
 
-def on_sight(spec: RulesSpec, docs: list[dict[str, Any]], attack_only: bool) -> tuple[int, collections.Counter[str]]:
+def on_sight(
+    spec: RulesSpec, docs: list[dict[str, Any]], attack_only: bool
+) -> tuple[int, collections.Counter[str]]:
     """How many requests are tagged, each from a fresh client; and the families/ids seen."""
     engine = RuleEngine(spec, FakeClock())
     tagged = 0
@@ -120,7 +146,12 @@ def on_sight(spec: RulesSpec, docs: list[dict[str, Any]], attack_only: bool) -> 
 
 def tables(split: str, markdown: bool) -> None:
     attacks, benign = corpora()
-    specs = [("default pack", pack_spec(), False), ("inspect PL1", inspect_spec(1), True), ("inspect PL2", inspect_spec(2), True)]
+    specs = [
+        ("default pack", pack_spec(), False),
+        ("inspect PL1", inspect_spec(1), True),
+        ("inspect PL2", inspect_spec(2), True),
+        ("default + inspect.yaml", pack_spec(PACK.parent / "inspect.yaml"), False),
+    ]
     for title, groups in (("Attacks tagged on sight", attacks), ("Benign requests tagged", benign)):
         rows = []
         ids: collections.Counter[str] = collections.Counter()
@@ -133,7 +164,10 @@ def tables(split: str, markdown: bool) -> None:
                 count, seen = on_sight(spec, docs, attack_only)
                 if label == "inspect PL1":
                     ids.update(seen)
-                cells.append(f"{count / len(docs):.1%}" + (f" ({count})" if count and title.startswith("Benign") else ""))
+                cells.append(
+                    f"{count / len(docs):.1%}"
+                    + (f" ({count})" if count and title.startswith("Benign") else "")
+                )
             rows.append(cells)
         print(f"\n{title} ({split} split)\n")
         header = ["corpus", "requests", *(label for label, _, _ in specs)]
@@ -145,7 +179,7 @@ def tables(split: str, markdown: bool) -> None:
             for row in [header, *rows]:
                 print("  ".join(c.ljust(12) for c in row))
         if ids:
-            top = ", ".join(f"{i} ({INFO[int(i)][0]}) ×{c}" for i, c in ids.most_common(12))
+            top = ", ".join(f"{i} ({INFO[int(i)][0]}) x{c}" for i, c in ids.most_common(12))
             print(f"\nPL1 rule ids most often in the tagged requests: {top}")
 
 
@@ -165,9 +199,13 @@ def _time(engine: RuleEngine, run: Callable[[RuleEngine], None], repeat: int) ->
 def cost(repeat: int) -> None:
     log = load(DATA / "real-access-logs" / "elastic-apache" / "requests.jsonl")[:5000]
     facts = [_facts(d, n) for n, d in enumerate(log)]
-    never = parse_rules(Node([{"id": "never", "when": {"method": "TRACE"}, "action": "tag"}], "rules"), None, None)
-    words = "name email address city notes comment quantity price colour size".split()
-    form = "&".join(f"{words[i % 10]}{i}=Some+ordinary+text+value+number+{i}%2C+with+punctuation." for i in range(160))
+    never = parse_rules(
+        Node([{"id": "never", "when": {"method": "TRACE"}, "action": "tag"}], "rules"), None, None
+    )
+    words = ["name", "email", "address", "city", "notes", "comment", "quantity", "price", "colour", "size"]
+    form = "&".join(
+        f"{words[i % 10]}{i}=Some+ordinary+text+value+number+{i}%2C+with+punctuation." for i in range(160)
+    )
     body = form.encode()[:8192]
     hostile = [
         b"a=" + b"%25" * 2700,
@@ -178,27 +216,36 @@ def cost(repeat: int) -> None:
         b'{"a":' * 1000 + b"1" + b"}" * 1000,
     ]
     form_facts = RequestFacts(0, "10.9.9.9", "POST", "/orders", None, BROWSER, frozenset(), "shop.example")
-    print("\nCPU cost of inspection (best of %d)\n" % repeat)
+    print(f"\nCPU cost of inspection (best of {repeat})\n")
     for paranoia in (1, 2):
         spec = inspect_spec(paranoia)
         base = _time(RuleEngine(never, FakeClock()), lambda e: [e.check(f) for f in facts], repeat)
         full = _time(RuleEngine(spec, FakeClock()), lambda e: [e.check(f) for f in facts], repeat)
-        print(f"PL{paranoia}: real log, no body: {(full - base) / len(facts) * 1e6:.1f} µs per request "
-              f"(check {full / len(facts) * 1e6:.1f} µs with the inspect rule, {base / len(facts) * 1e6:.1f} µs without)")
+        per = 1e6 / len(facts)
+        print(
+            f"PL{paranoia}: real log, no body: {(full - base) * per:.1f} µs per request "
+            f"(check {full * per:.1f} µs with the inspect rule, {base * per:.1f} µs without)"
+        )
         engine = RuleEngine(spec, FakeClock())
         ct = "application/x-www-form-urlencoded"
         n = 300
-        t = _time(engine, lambda e: [e.check_body(form_facts, body, ct) for _ in range(n)], repeat)
+        t = _time(
+            engine, lambda e, n=n, ct=ct: [e.check_body(form_facts, body, ct) for _ in range(n)], repeat
+        )
         print(f"PL{paranoia}: 8 KB benign form body (160 fields), check_body: {t / n * 1e6:.1f} µs")
         samples = []
         for payload in hostile:
             for _ in range(20):
                 start = time.perf_counter()
-                engine.check_body(form_facts, payload[:8192], "application/json" if payload[:1] == b"{" else ct)
+                engine.check_body(
+                    form_facts, payload[:8192], "application/json" if payload[:1] == b"{" else ct
+                )
                 samples.append(time.perf_counter() - start)
         samples.sort()
-        print(f"PL{paranoia}: adversarial 8 KB bodies: median {statistics.median(samples) * 1e6:.0f} µs, "
-              f"p99 {samples[int(len(samples) * 0.99) - 1] * 1e6:.0f} µs, max {samples[-1] * 1e6:.0f} µs")
+        print(
+            f"PL{paranoia}: adversarial 8 KB bodies: median {statistics.median(samples) * 1e6:.0f} µs, "
+            f"p99 {samples[int(len(samples) * 0.99) - 1] * 1e6:.0f} µs, max {samples[-1] * 1e6:.0f} µs"
+        )
     start = time.perf_counter()
     for _ in range(200_000):
         sum(range(100))
@@ -206,7 +253,9 @@ def cost(repeat: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--split", choices=["test", "dev", "all"], default="test")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--skip-cost", action="store_true")

@@ -23,7 +23,9 @@ def test_sqli_body_is_blocked_before_puma_and_benign_posts_pass(start_proxylog, 
     form and JSON posts all pass; the record names the score and CRS ids."""
     prefix = "/" + uuid.uuid4().hex[:12]
     proxy = start_proxylog({"rules": RULES}, args=["--enforce"])
-    attack = request(proxy.url, f"{prefix}/login", method="POST", headers=FORM, body=b"user=admin'--&password=x")
+    attack = request(
+        proxy.url, f"{prefix}/login", method="POST", headers=FORM, body=b"user=admin'--&password=x"
+    )
     assert attack.status == 403
     assert request(proxy.url, f"{prefix}/items?id=1+UNION+SELECT+password+FROM+users--").status == 403
     docs = [orjson.loads(line) for line in BENIGN.read_bytes().splitlines()]
@@ -46,7 +48,9 @@ def test_monitor_mode_tags_the_body_for_puma(start_proxylog, puma: Puma) -> None
     """In monitor mode a SQLi body is forwarded with X-Proxylog-Tags naming the family."""
     prefix = "/" + uuid.uuid4().hex[:12]
     proxy = start_proxylog({"rules": RULES, "mode": "monitor"})
-    answer = request(proxy.url, f"{prefix}/login", method="POST", headers=FORM, body=b"user=admin'--&password=x")
+    answer = request(
+        proxy.url, f"{prefix}/login", method="POST", headers=FORM, body=b"user=admin'--&password=x"
+    )
     assert answer.status == 200
     assert "attack-sqli" in answer.json()["headers"]["HTTP_X_PROXYLOG_TAGS"].split(",")
     record = proxy.access(count=1)[0]

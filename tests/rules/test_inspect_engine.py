@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pytest
 
 from proxylog.config.reader import Node
 from proxylog.config.rules import parse_rules
 from proxylog.errors import ConfigError
-from proxylog.record import AccessRecord, Mode, to_ecs
 from proxylog.rules import RequestFacts, RuleEngine
 from proxylog.testing import FakeClock
 
@@ -19,7 +17,9 @@ FORM = "application/x-www-form-urlencoded"
 
 
 def engine(when: Any, **rule: Any) -> RuleEngine:
-    spec = parse_rules(Node([{"id": "inspect", "when": when, "action": "block", **rule}], "rules"), None, None)
+    spec = parse_rules(
+        Node([{"id": "inspect", "when": when, "action": "block", **rule}], "rules"), None, None
+    )
     return RuleEngine(spec, FakeClock())
 
 
@@ -29,18 +29,12 @@ def facts(query: str | None = None, method: str = "GET", ip: str = "198.51.100.7
 
 def test_a_payload_is_blocked_and_tagged_with_score_and_ids() -> None:
     """A SQLi query blocks with 403, tags attack-sqli and the rule, and the hit carries the
-    score and the CRS ids (also in the ECS record)."""
+    score and the CRS ids (the end-to-end test reads them back from the record)."""
     verdict = engine({"inspect": {"paranoia": 1}}).check(facts("id=1+union+select+1,2"))
     assert verdict.block and verdict.status == 403
     assert verdict.tags == ("attack-sqli", "inspect")
     hit = verdict.rules[0]
     assert hit.score is not None and hit.score >= 5 and "942190" in hit.matched
-    record = AccessRecord(0.0, "r", "GET", "http", "h", "/", None, "1.1", "1.2.3.4", "1.2.3.4", 1, None, (), (),
-                          403, 0, 0, 0, 0, 0, None, "blocked", None, None, Mode.ENFORCE, True, verdict.tags,
-                          verdict.rules)  # fmt: skip
-    doc = to_ecs(record)["proxylog"]["rules"][0]
-    assert doc["score"] == hit.score and "942190" in doc["matched"]
-    assert orjson.dumps(doc)
 
 
 def test_benign_requests_pass() -> None:

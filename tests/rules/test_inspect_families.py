@@ -21,7 +21,9 @@ BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, 
 def facts(path: str = "/", query: str | None = None, **kw: object) -> RequestFacts:
     base: dict[str, object] = {"method": "GET", "user_agent": BROWSER, "headers": (), "body": None}
     base.update(kw)
-    return RequestFacts(0.0, "192.0.2.1", path=path, query=query, header_names=frozenset(), host="shop.example", **base)  # type: ignore[arg-type]
+    return RequestFacts(
+        0.0, "192.0.2.1", path=path, query=query, header_names=frozenset(), host="shop.example", **base
+    )  # type: ignore[arg-type]
 
 
 def families(f: RequestFacts, inspector: Inspector = PL1) -> set[str]:
@@ -128,8 +130,15 @@ def test_headers_and_cookies_are_inspected() -> None:
 
 def test_bodies_are_inspected_by_content_type() -> None:
     """Form, JSON and multipart bodies are parsed into values; JSON keys are names."""
-    form = facts("/login", method="POST", body=b"user=admin'--&pw=x", content_type="application/x-www-form-urlencoded")
-    js = facts("/api", method="POST", body=b'{"user": {"$ne": null}, "q": "1 union select 1"}', content_type="application/json")
+    form = facts(
+        "/login", method="POST", body=b"user=admin'--&pw=x", content_type="application/x-www-form-urlencoded"
+    )
+    js = facts(
+        "/api",
+        method="POST",
+        body=b'{"user": {"$ne": null}, "q": "1 union select 1"}',
+        content_type="application/json",
+    )
     multi = facts(
         "/up",
         method="POST",
