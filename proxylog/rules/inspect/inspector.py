@@ -11,14 +11,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import re2
 
 from proxylog.rules.inspect import rce, sqli, web, xss
 from proxylog.rules.inspect.bodies import body_pairs, form_pairs
 from proxylog.rules.inspect.catalog import CHECKS, GROUPS, Group, Rule
-from proxylog.rules.inspect.transforms import Decoded, cmd_form, decode, sql_form
+from proxylog.rules.inspect.transforms import Decoded, cmd_form, decode_many, sql_form
 from proxylog.rules.types import RequestFacts
 
 MAX_VALUES = 512  # CRS's default cap on arguments is 255
@@ -60,46 +60,58 @@ NOTHING = Inspection()
 
 
 class _Values:
-    """A request's decoded values per part, within the per-request budget."""
+    """A request's raw values per part, within the per-request budget, decoded per part in
+    one pass (`decoded`)."""
 
-    __slots__ = ("budget", "checks", "count", "cut", "names", "parts")
+    __slots__ = ("budget", "checks", "count", "cut", "names", "raw")
 
     def __init__(self) -> None:
-        self.parts: dict[Group, list[str]] = {g: [] for g in GROUPS}
+        self.raw: dict[tuple[Group, bool], list[str]] = {}
         self.checks: set[int] = set()
-        self.names: list[str] = []  # raw-decoded argument names, for session-fixation checks
+        self.names: list[str] = []  # argument names (not cookies'), for session-fixation checks
         self.budget = MAX_CHARS
         self.count = 0
         self.cut = False
 
-    def add(self, group: Group, raw: str, plus: bool) -> str | None:
+    def add(self, group: Group, raw: str, plus: bool) -> None:
         if not raw:
-            return None
+            return
         if self.count >= MAX_VALUES or len(raw) > self.budget:
             self.cut = True
             raw = raw[: max(0, self.budget)]
             if not raw or self.count >= MAX_VALUES:
-                return None
+                return
         self.count += 1
         self.budget -= len(raw)
-        if raw.isalnum() and len(raw) < 16:
-            self.parts[group].append(raw.lower())
-            return raw.lower()
-        d = decode(raw, plus=plus)
-        self._note(d, raw)
-        if d.plain:
-            self.parts[group].append(d.plain)
-        return d.plain
+        key = (group, plus)
+        found = self.raw.get(key)
+        if found is None:
+            self.raw[key] = [raw]
+        else:
+            found.append(raw)
 
-    def _note(self, d: Decoded, raw: str) -> None:
+    def decoded(self) -> dict[Group, list[str]]:
+        """Each part's values, decoded and one per line (a part's form- and non-form-encoded
+        values are decoded apart)."""
+        parts: dict[Group, list[str]] = {}
+        for (group, plus), raws in self.raw.items():
+            plain, found = decode_many(raws, plus=plus)
+            self._note(found, raws)
+            if plain.strip("\n"):
+                parts.setdefault(group, []).append(plain)
+        return parts
+
+    def _note(self, d: Decoded, raws: list[str]) -> None:
         if d.had_nul:
             self.checks.add(920270)
         if d.decodes >= 2 or d.still_encoded:
             self.checks.add(920230)
         if d.fullwidth:
             self.checks.add(920260)
-        if d.decodes and ("../" in d.plain or "..\\" in d.plain) and "../" not in raw and "..\\" not in raw:
-            self.checks.add(930100)
+        if d.decodes and ("../" in d.plain or "..\\" in d.plain):
+            before = sum(r.count("../") + r.count("..\\") for r in raws)
+            if d.plain.count("../") + d.plain.count("..\\") > before:
+                self.checks.add(930100)
 
 
 class Inspector:
@@ -155,9 +167,9 @@ class Inspector:
     @staticmethod
     def _pair(values: _Values, name: str | None, value: str, plus: bool) -> None:
         if name:
-            plain = values.add("n", name, plus)
-            if plain is not None:
-                values.names.append(plain)
+            values.add("n", name, plus)
+            if len(values.names) < MAX_VALUES:
+                values.names.append(unquote(name).lower() if "%" in name else name.lower())
         values.add("a", value, plus)
 
     @staticmethod
@@ -175,21 +187,20 @@ class Inspector:
             values.checks.add(943110)
 
     def _match(self, values: _Values) -> Inspection:
+        parts = values.decoded()
         found = {i for i in values.checks if INFO[i][1] <= self.paranoia}
         work = 0
-        for group, texts in values.parts.items():
-            if not texts:
-                continue
-            plain = "\n".join(texts)
+        for group, blocks in parts.items():
+            plain = "\n".join(blocks)
             work += len(plain)
             found.update(self._scan(group, "plain", plain, cache=group != "a"))
             if (group, "sql") in self._sets:
-                sql = "\n".join(sql_form(t) for t in texts) if "/*" in plain else plain
+                sql = "\n".join(sql_form(t) for t in plain.split("\n")) if "/*" in plain else plain
                 if sql is not plain:
                     work += len(sql)
                     found.update(self._scan(group, "sql", sql, cache=False))
             if (group, "cmd") in self._sets:
-                cmd = "\n".join(cmd_form(t) for t in texts)
+                cmd = cmd_form(plain)
                 if cmd != plain:
                     work += len(cmd)
                     found.update(self._scan(group, "cmd", cmd, cache=False))

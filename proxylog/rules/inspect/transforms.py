@@ -34,6 +34,8 @@ _CONTROL = {code: None for code in (*range(0, 9), 11, 12, *range(14, 32), 127)} 
     13: LINE,
     0xE000: None,
 }
+_CONTROL_LINES = {code: LINE if code == 13 else None for code in _CONTROL if code not in (10, 0xE000)}
+_LINE_ENCODED = "%ee%80%80"  # LINE in UTF-8, percent-encoded
 _CMD_DROP = (
     ("\\", ""), ('"', ""), ("'", ""), ("^", ""), ("[", ""), ("]", ""), ("{", " "), ("}", " "), (",", " ")
 )  # fmt: skip
@@ -50,8 +52,17 @@ class Decoded:
     fullwidth: bool = False  # %uFFxx: full-width characters some backends fold to ASCII
 
 
-def decode(raw: str, *, plus: bool = True) -> Decoded:
-    """`raw` (as sent) → its lower-cased, decoded, compressed `plain` form."""
+def decode_many(raws: list[str], *, plus: bool = True) -> tuple[str, Decoded]:
+    """Several values decoded in one pass: their `plain` forms one per line (an encoded CR
+    or LF inside a value becomes `LINE`, never a line break), and what decoding noticed."""
+    joined = "\n".join(r.replace("\r", "%0d").replace("\n", "%0a") if "\n" in r or "\r" in r else r for r in raws)
+    found = decode(joined, plus=plus, lines=True)
+    return found.plain, found
+
+
+def decode(raw: str, *, plus: bool = True, lines: bool = False) -> Decoded:
+    """`raw` (as sent) → its lower-cased, decoded, compressed `plain` form. With `lines`,
+    "\n" separates values and survives (see `decode_many`)."""
     text = raw.lower()
     out = Decoded(text)
     if plus and "+" in text:
@@ -63,9 +74,11 @@ def decode(raw: str, *, plus: bool = True) -> Decoded:
             if "%c" in text or "%e0" in text:
                 for seq, char in _OVERLONG:
                     text = text.replace(seq, char)
+            if lines and ("%0a" in text or "%0d" in text):
+                text = text.replace("%0a", _LINE_ENCODED).replace("%0d", _LINE_ENCODED)
             if "%u" in text:
                 out.fullwidth = out.fullwidth or "%uff" in text
-                text = _PERCENT_U.sub(lambda m: chr(int(m.group(1), 16)), text)
+                text = _PERCENT_U.sub(lambda m: _char(int(m.group(1), 16)), text)
             decoded = unquote(text, errors="replace").lower()
             if decoded == text:
                 break
@@ -76,6 +89,12 @@ def decode(raw: str, *, plus: bool = True) -> Decoded:
         text = _ENTITY.sub(_entity, text).lower()
     if "\\" in text:
         text = _JS_ESCAPE.sub(_js_escape, text).lower()
+    if lines:
+        if not text.replace("\n", " ").isprintable():
+            out.had_nul = "\x00" in text
+            text = text.translate(_CONTROL_LINES)
+        out.plain = _compress_lines(text)
+        return out
     if text.isprintable():
         out.plain = text.strip() if "  " not in text else " ".join(text.split())
         return out
@@ -84,16 +103,22 @@ def decode(raw: str, *, plus: bool = True) -> Decoded:
     return out
 
 
+def _char(code: int) -> str:
+    """A decoded code point; CR and LF become `LINE` (the line break is the value separator)."""
+    if code in (10, 13):
+        return LINE
+    return chr(code) if 0 < code <= 0x10FFFF else ""
+
+
 def _entity(match: re2.Match) -> str:
     hexa, dec, name = match.group(1), match.group(2), match.group(3)
     if name is not None:
         return _ENTITIES.get(name) or str(match.group(0))
-    code = int(hexa, 16) if hexa is not None else int(dec)
-    return chr(code) if 0 < code <= 0x10FFFF else ""
+    return _char(int(hexa, 16) if hexa is not None else int(dec))
 
 
 def _js_escape(match: re2.Match) -> str:
-    return chr(int(match.group(1) or match.group(2), 16))
+    return _char(int(match.group(1) or match.group(2), 16))
 
 
 def sql_form(plain: str) -> str:
@@ -114,7 +139,8 @@ def sql_form(plain: str) -> str:
 
 def cmd_form(plain: str) -> str:
     """`plain` as a shell would read its words: quotes, backslashes, carets and brackets
-    dropped, braces and commas as spaces, ``$IFS`` and ``$@`` undone, no space before ``/``."""
+    dropped, braces and commas as spaces, ``$IFS`` and ``$@`` undone, no space before ``/``.
+    Lines stay lines."""
     text = plain
     for char, replacement in _CMD_DROP:
         if char in text:
@@ -123,4 +149,11 @@ def cmd_form(plain: str) -> str:
         text = text.replace("${ifs}", " ").replace("$ifs$9", " ").replace("$ifs", " ").replace("$@", "")
     if " /" in text or " (" in text:
         text = text.replace(" /", "/").replace(" (", "(")
-    return " ".join(text.split())
+    return _compress_lines(text) if "\n" in text else " ".join(text.split())
+
+
+def _compress_lines(text: str) -> str:
+    """Whitespace runs → one space, line by line (lines are values)."""
+    if "  " not in text and text.replace("\n", " ").isprintable():
+        return text  # nothing to compress (the usual case): no per-line work
+    return "\n".join(" ".join(line.split()) for line in text.split("\n"))
