@@ -55,7 +55,9 @@ class Decoded:
 def decode_many(raws: list[str], *, plus: bool = True) -> tuple[str, Decoded]:
     """Several values decoded in one pass: their `plain` forms one per line (an encoded CR
     or LF inside a value becomes `LINE`, never a line break), and what decoding noticed."""
-    joined = "\n".join(r.replace("\r", "%0d").replace("\n", "%0a") if "\n" in r or "\r" in r else r for r in raws)
+    joined = "\n".join(raws)
+    if "\r" in joined or joined.count("\n") != len(raws) - 1:  # a raw CR or LF inside a value
+        joined = "\n".join(r.replace("\r", "%0d").replace("\n", "%0a") for r in raws)
     found = decode(joined, plus=plus, lines=True)
     return found.plain, found
 
