@@ -1,6 +1,6 @@
 """Request inspection: detection and false positives on the public corpora, and its CPU cost.
 
-    .venv/bin/python benchmarks/inspect.py [--split test|dev|all] [--markdown] [--skip-cost]
+    .venv/bin/python benchmarks/inspect.py [--split test|dev|all] [--markdown] [--skip-cost | --skip-tables] [--repeat 3]
 
 Every corpus line is assigned to a split by a hash of its payload (both encodings of a
 PayloadsAllTheThings payload land together): `dev` (40%) is what the catalog was tuned on,
@@ -259,9 +259,11 @@ def main() -> None:
     parser.add_argument("--split", choices=["test", "dev", "all"], default="test")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--skip-tables", action="store_true")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    tables(args.split, args.markdown)
+    if not args.skip_tables:
+        tables(args.split, args.markdown)
     if not args.skip_cost:
         cost(args.repeat)
 
