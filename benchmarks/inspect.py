@@ -1,6 +1,7 @@
 """Request inspection: detection and false positives on the public corpora, and its CPU cost.
 
-    .venv/bin/python benchmarks/inspect.py [--split test|dev|all] [--markdown] [--skip-cost | --skip-tables] [--repeat 3]
+    .venv/bin/python benchmarks/inspect.py [--split test|dev|all] [--markdown] [--repeat 3]
+                                              [--skip-cost | --skip-tables]
 
 Every corpus line is assigned to a split by a hash of its payload (both encodings of a
 PayloadsAllTheThings payload land together): `dev` (40%) is what the catalog was tuned on,
