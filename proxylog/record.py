@@ -45,6 +45,8 @@ class RuleHit:
     count: int
     threshold: int
     window_s: float
+    score: int | None = None  # an inspection rule's anomaly score for this request
+    matched: tuple[str, ...] = ()  # the inspection rule ids (CRS ids) that made the score
 
 
 class AccessRecord(NamedTuple):
@@ -154,10 +156,7 @@ def to_ecs(record: AccessRecord) -> dict[str, Any]:
         "tags": list(record.tags),
     }
     if record.rules:
-        proxylog["rules"] = [
-            {"id": h.id, "count": h.count, "threshold": h.threshold, "window_s": h.window_s}
-            for h in record.rules
-        ]
+        proxylog["rules"] = [_hit(h) for h in record.rules]
     if record.upstream_ms is not None:
         proxylog["upstream"] = {"duration_ms": record.upstream_ms}
     if record.truncated:
@@ -183,6 +182,19 @@ def to_ecs(record: AccessRecord) -> dict[str, Any]:
     if record.error_type is not None:
         doc["error"] = {"type": record.error_type, "message": record.error_message or ""}
     return doc
+
+
+def _hit(hit: RuleHit) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "id": hit.id,
+        "count": hit.count,
+        "threshold": hit.threshold,
+        "window_s": hit.window_s,
+    }
+    if hit.score is not None:
+        entry["score"] = hit.score
+        entry["matched"] = list(hit.matched)
+    return entry
 
 
 def flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -25,6 +25,27 @@ IntelFormat = Literal["auto", "netset", "plain", "spamhaus", "json"]
 INTEL_FORMATS: tuple[IntelFormat, ...] = get_args(IntelFormat)
 
 
+DEFAULT_BODY_LIMIT = 16_384
+InspectFamily = Literal[
+    "sqli", "nosql", "xss", "rce", "php", "java", "lfi", "rfi", "session-fixation", "protocol", "generic"
+]
+INSPECT_FAMILIES: tuple[InspectFamily, ...] = get_args(InspectFamily)
+
+
+@dataclass(frozen=True, slots=True)
+class InspectSpec:
+    """Attack-payload inspection (CRS-style): the request's anomaly score from the catalog's
+    rules up to `paranoia`, minus `exclude_ids` (and outside `families`, when given), must
+    reach `threshold`. Buffered bodies up to `body_limit` bytes are inspected when `body`."""
+
+    paranoia: int = 1
+    threshold: int = 5
+    exclude_ids: frozenset[int] = frozenset()
+    families: frozenset[InspectFamily] = frozenset()
+    body: bool = True
+    body_limit: int = DEFAULT_BODY_LIMIT
+
+
 @dataclass(frozen=True, slots=True)
 class MatchSpec:
     """Conditions on a request (and its response status); all must hold, values are any-of.
@@ -38,9 +59,17 @@ class MatchSpec:
     patterns: tuple[tuple[PatternField, tuple[str, ...]], ...] = ()
     headers: tuple[str, ...] = ()
     missing_headers: tuple[str, ...] = ()
+    inspect: InspectSpec | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.methods or self.statuses or self.patterns or self.headers or self.missing_headers)
+        return bool(
+            self.methods
+            or self.statuses
+            or self.patterns
+            or self.headers
+            or self.missing_headers
+            or self.inspect is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,14 +20,18 @@ import yaml
 from proxylog.config.reader import Node, load_yaml, optional
 from proxylog.config.rule_specs import (
     ACTIONS,
+    DEFAULT_BODY_LIMIT,
     DEFAULT_MAX_KEYS,
     DISTINCTS,
+    INSPECT_FAMILIES,
     INTEL_FORMATS,
     KEY_KINDS,
     PATTERN_FIELDS,
     PRECISIONS,
     Action,
     EscalateSpec,
+    InspectFamily,
+    InspectSpec,
     IntelSpec,
     KeyKind,
     KeySpec,
@@ -213,6 +217,7 @@ class _Parser:
             patterns=tuple(patterns),
             headers=_header_list(fields.get("headers")),
             missing_headers=_header_list(fields.get("missing_headers")),
+            inspect=optional(fields.get("inspect"), _inspect, None),
         )
 
     def _pattern(self, item: Node, field_name: PatternField) -> str:
@@ -247,10 +252,37 @@ _RULE_KEYS = frozenset({
     "distinct", "action", "tags", "tag_matches", "ban", "escalate", "mode", "response", "max_keys",
 })
 # fmt: on
-_MATCH_KEYS = frozenset({"method", "status", "headers", "missing_headers", *PATTERN_FIELDS})
+_MATCH_KEYS = frozenset({"method", "status", "headers", "missing_headers", "inspect", *PATTERN_FIELDS})
 _INTEL_KEYS = frozenset(
     {"name", "file", "format", "action", "tags", "refresh", "include_private", "mode", "response"}
 )
+
+
+def _inspect(node: Node) -> InspectSpec:
+    """``inspect: true`` or ``inspect: {paranoia, threshold, exclude_ids, families, body,
+    body_limit}``."""
+    if isinstance(node.value, bool):
+        if not node.value:
+            node.fail("expected true or a mapping of inspection settings")
+        return InspectSpec()
+    fields = node.fields({"paranoia", "threshold", "exclude_ids", "families", "body", "body_limit"})
+    excluded: list[int] = []
+    if "exclude_ids" in fields:
+        for item in _nonempty(fields.require("exclude_ids")):
+            excluded.append(item.integer(min=900_000, max=999_999))
+    families: list[InspectFamily] = []
+    if "families" in fields:
+        families = [item.choice(INSPECT_FAMILIES) for item in _nonempty(fields.require("families"))]
+    return InspectSpec(
+        paranoia=optional(fields.get("paranoia"), lambda n: n.integer(min=1, max=4), 1),
+        threshold=optional(fields.get("threshold"), lambda n: n.integer(min=1, max=1000), 5),
+        exclude_ids=frozenset(excluded),
+        families=frozenset(families),
+        body=optional(fields.get("body"), Node.boolean, True),
+        body_limit=optional(
+            fields.get("body_limit"), lambda n: n.integer(min=0, max=1 << 20), DEFAULT_BODY_LIMIT
+        ),
+    )
 
 
 def _key(fields: Any) -> KeySpec:
@@ -302,7 +334,7 @@ def _check_rule(rule: RuleSpec, fields: Any) -> None:
 
 def _default_response(when: MatchSpec, unless: MatchSpec) -> ResponseSpec:
     # A rule that counts every request (or only by method) is a rate limit: 429 + Retry-After.
-    is_rate = not (when.statuses or when.patterns or when.headers or when.missing_headers)
+    is_rate = not (when.statuses or when.patterns or when.headers or when.missing_headers or when.inspect)
     return ResponseSpec(status=429 if is_rate else 403)
 
 

@@ -30,13 +30,16 @@ class PipelineHandler:
         return None if block is None else self._answer(ex, block)
 
     def wants_body(self, ex: Exchange) -> int:
-        """Buffer bodies (up to the streaming threshold) only when the record captures them."""
+        """Buffer bodies up to the streaming threshold when the record captures them, and up
+        to the inspection limit when the rules inspect them."""
         runtime = self.pipeline.runtime
-        return runtime.config.limits.stream_threshold if runtime.body_parser is not None else 0
+        capture = runtime.config.limits.stream_threshold if runtime.body_parser is not None else 0
+        return max(capture, self.pipeline.body_limit(ex))
 
     def check_body(self, ex: Exchange, body: bytes) -> bytes | None:
         ex.request_content = body
-        return None
+        block = self.pipeline.decide_body(ex, body)
+        return None if block is None else self._answer(ex, block)
 
     def response_head(self, ex: Exchange, status: int, headers: Fields) -> Fields:
         return self.pipeline.response_fields(ex, headers)

@@ -274,8 +274,27 @@ class ProxyLog:
 
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
-        if self.runtime is not None and state_of(flow) is not None and not (flow.response or flow.error):
-            self._upstream_due.arm(flow)
+        state = state_of(flow)
+        if self.runtime is None or state is None or flow.response or flow.error:
+            return
+        if state.request_counter is None and self._check_body(flow, state):
+            return
+        self._upstream_due.arm(flow)
+
+    def _check_body(self, flow: http.HTTPFlow, state: FlowState) -> bool:
+        """The pipeline's body-time decision on a buffered body (never a streamed one): tags
+        to Puma, and the reply when a block is enforced. True if blocked."""
+        body = flow.request.raw_content
+        limit = self.pipeline.body_limit(state)
+        if not body or not limit or len(body) > limit:
+            return False
+        block = self.pipeline.decide_body(state, body)
+        if state.tags:
+            flow.request.headers.fields = tuple(state.upstream_headers)
+        if block is None:
+            return False
+        reply(flow, state, block.status, retry_after=block.retry_after, body=block.body)
+        return True
 
     @guarded
     def server_connect(self, data: Any) -> None:

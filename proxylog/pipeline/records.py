@@ -31,8 +31,24 @@ def _names(raw: tuple[bytes, ...]) -> frozenset[str]:
     return frozenset(out)
 
 
-def facts_for(ex: Exchange, spec: RecordSpec) -> RequestFacts:
-    """What the rule engine sees of this request (raw path and query, log-safe text)."""
+# Headers request inspection reads (besides User-Agent): what apps echo or parse. X-* headers
+# proxylog itself sets or rewrites are left out.
+_INSPECTED = frozenset({b"cookie", b"referer"})
+_NOT_INSPECTED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-request-id"}
+)
+
+
+def facts_for(ex: Exchange, spec: RecordSpec, *, inspect: bool = False) -> RequestFacts:
+    """What the rule engine sees of this request (raw path and query, log-safe text); with
+    `inspect`, also the values of the headers request inspection reads."""
+    headers: tuple[tuple[str, str], ...] = ()
+    if inspect:
+        headers = tuple(
+            (lname.decode("latin-1"), value.decode("latin-1"))
+            for name, value in ex.upstream_headers
+            if (lname := name.lower()) in _INSPECTED or (lname[:2] == b"x-" and lname not in _NOT_INSPECTED)
+        )
     return RequestFacts(
         ts=ex.started,
         client_ip=ex.identity.ip,
@@ -43,6 +59,8 @@ def facts_for(ex: Exchange, spec: RecordSpec) -> RequestFacts:
         header_names=_names(ex.header_names),
         host=ex.domain_text,
         resolved=ex.identity.resolved,
+        headers=headers,
+        content_type=None if ex.content_type is None else ex.content_type.decode("latin-1"),
     )
 
 

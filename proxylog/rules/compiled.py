@@ -29,6 +29,7 @@ class CompiledRule:
         "counters",
         "flags",
         "id",
+        "inspect",
         "keys",
         "member",
         "mode",
@@ -50,6 +51,7 @@ class CompiledRule:
         self.id = spec.id
         self.when = when
         self.unless = unless
+        self.inspect = when.inspect if when is not None else None  # tags the families it finds
         self.keys: KeyFunc = build_keys(spec.key)
         self.per_client = spec.key.kind != "global"  # counts per client or network: never a proxy
         member: Callable[[Any], str] | None = DISTINCT_VALUE[spec.distinct] if spec.distinct else None

@@ -7,6 +7,7 @@ whether a block is enforced depends on the live mode (`Verdict.enforced`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -25,6 +26,7 @@ from proxylog.record import RuleHit, format_timestamp
 from proxylog.rules.bans import Bans
 from proxylog.rules.clients import Client, normalize_key
 from proxylog.rules.compiled import CompiledRule, RequestIndex, ResponseIndex, compile_matches
+from proxylog.rules.inspect import InspectCondition
 from proxylog.rules.intel import IntelList
 from proxylog.rules.matchers import PatternSetError, Scan
 from proxylog.rules.outcome import Outcome, RuleStats
@@ -67,6 +69,7 @@ class RuleEngine:
         self.listener = listener
         now = clock()
         self.store: Store = store or (previous.store if previous is not None else MemoryStore())
+        _check_inspect(spec)
         try:
             self._scanner, matches = compile_matches(spec.rules)
         except PatternSetError as e:
@@ -81,6 +84,16 @@ class RuleEngine:
         self._request_rules = RequestIndex([r for r in rules if r.spec.phase == "request"])
         self._response_rules = ResponseIndex([r for r in rules if r.spec.phase == "response"])
         self._has_request_rules = bool(self._request_rules)
+        # Rules that inspect bodies run again once a buffered body is in (`check_body`).
+        self._body_rules = tuple(
+            r
+            for r in rules
+            if r.inspect is not None and r.inspect.body_limit > 0 and r.spec.phase == "request"
+        )
+        self.inspects = any(r.inspect is not None for r in rules) or any(
+            r.unless is not None and r.unless.inspect is not None for r in rules
+        )
+        self.body_limit = max((r.inspect.body_limit for r in self._body_rules if r.inspect), default=0)
         # Per-rule counts are Prometheus counters: they carry over a reload for every rule id
         # kept, with the counters' store (a replay borrowing a template's intel shares nothing).
         same_store = previous is not None and previous.store is self.store
@@ -165,7 +178,25 @@ class RuleEngine:
             scan = Scan(self._scanner, facts)
             for rule in self._request_rules.candidates(scan):
                 if _counts(rule, client, facts, None, scan):
-                    out = self._count(rule, facts, client, now, out, request_time=True)
+                    out = self._count(rule, facts, client, now, out, request_time=True, scan=scan)
+        return NO_VERDICT if out is None else out.verdict()
+
+    def check_body(self, facts: RequestFacts, body: bytes, content_type: str | None) -> Verdict:
+        """The verdict of the body-inspecting rules once a buffered body is in: a rule counts
+        the request here only if the body makes it match (it did not at `check`). Bodies over
+        `body_limit` are not inspected. Synchronous, no I/O."""
+        if not self._body_rules or not body or len(body) > self.body_limit or not facts.resolved:
+            return NO_VERDICT
+        client = self._client(facts.client_ip)
+        if client.allowed:
+            return NO_VERDICT
+        now = self.clock()
+        full = dataclasses.replace(facts, body=body, content_type=content_type)
+        head, scan = Scan(self._scanner, facts), Scan(self._scanner, full)
+        out: Outcome | None = None
+        for rule in self._body_rules:
+            if _counts(rule, client, full, None, scan) and not _counts(rule, client, facts, None, head):
+                out = self._count(rule, full, client, now, out, request_time=True, scan=scan)
         return NO_VERDICT if out is None else out.verdict()
 
     def _standing(self, client: Client, now: float) -> Outcome | None:
@@ -204,7 +235,7 @@ class RuleEngine:
         scan = Scan(self._scanner, facts)
         for rule in candidates:
             if _counts(rule, client, facts, status, scan):
-                out = self._count(rule, facts, client, now, out, request_time=False)
+                out = self._count(rule, facts, client, now, out, request_time=False, scan=scan)
         if out is None:
             return NO_VERDICT
         return Verdict(tags=tuple(dict.fromkeys(out.tags)), rules=tuple(out.hits))
@@ -218,10 +249,20 @@ class RuleEngine:
         out: Outcome | None,
         *,
         request_time: bool,
+        scan: Scan | None = None,
     ) -> Outcome | None:
         """Count a matching request for every key of the rule; fire at the threshold. The hit
-        is reported once the count is halfway there (or the request is tagged)."""
+        is reported once the count is halfway there (or the request is tagged). An inspection
+        rule always reports its hit, with the score, the ids and `attack-<family>` tags."""
         stats = self._stats[rule.id]
+        if rule.inspect is not None and scan is not None:
+            found = rule.inspect.result(scan.inspection())
+            out = out or Outcome()
+            out.tags.extend(f"attack-{family}" for family in found.families)
+            score: int | None = found.score
+            matched = tuple(map(str, found.ids))
+        else:
+            score, matched = None, ()
         stats.matched += 1
         member = rule.member(facts) if rule.member is not None else None
         own = 0
@@ -236,13 +277,13 @@ class RuleEngine:
             if rule.tag_matches:
                 out = out or Outcome()
                 out.tags.extend(rule.tags)
-            elif own * 2 < rule.threshold:
+            elif own * 2 < rule.threshold and score is None:
                 return out
             out = out or Outcome()
-            out.hits.append(RuleHit(rule.id, own, rule.threshold, rule.window))
+            out.hits.append(RuleHit(rule.id, own, rule.threshold, rule.window, score, matched))
             return out
         out = out or Outcome()
-        out.hits.append(RuleHit(rule.id, own, rule.threshold, rule.window))
+        out.hits.append(RuleHit(rule.id, own, rule.threshold, rule.window, score, matched))
         key, count, threshold = fired
         stats.fired += 1
         out.tags.extend(rule.tags)
@@ -442,6 +483,18 @@ def _counts(rule: CompiledRule, client: Client, facts: RequestFacts, status: int
     if rule.when is not None and not rule.when(facts, status, scan):
         return False
     return rule.unless is None or not rule.unless(facts, status, scan)
+
+
+def _check_inspect(spec: RulesSpec) -> None:
+    """Every id an `inspect:` condition excludes must be in the catalog."""
+    for rule in spec.rules:
+        for part, match in (("when", rule.when), ("unless", rule.unless)):
+            if match.inspect is None:
+                continue
+            try:
+                InspectCondition(match.inspect)
+            except ValueError as e:
+                raise ConfigError(f"rules.{rule.id}.{part}.inspect.exclude_ids", str(e)) from e
 
 
 def _pattern_fields(rule: RuleSpec) -> set[PatternField]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 import re2
 
 from proxylog.config.rule_specs import PATTERN_FIELDS, MatchSpec, PatternField
+from proxylog.rules.inspect import InspectCondition, Inspection, Inspector, inspector_for
 from proxylog.rules.named_lists import pattern_for
 from proxylog.rules.types import RequestFacts
 
@@ -55,6 +56,12 @@ class Scanner:
         self._ids: dict[PatternField, dict[str, int]] = {name: {} for name in PATTERN_FIELDS}
         self._sets: dict[PatternField, re2.Set] = {}
         self._seen: dict[PatternField, dict[str, tuple[int, ...]]] = {name: {} for name in PATTERN_FIELDS}
+        self.paranoia = 0  # the highest paranoia level an `inspect:` condition asks for
+        self.inspector: Inspector | None = None
+
+    def inspect_at(self, paranoia: int) -> None:
+        """Note that a condition inspects requests at `paranoia`."""
+        self.paranoia = max(self.paranoia, paranoia)
 
     def pattern_id(self, field: PatternField, pattern: str) -> int:
         """The id of a pattern (``@list`` or re2) on a field, adding it if new."""
@@ -66,6 +73,8 @@ class Scanner:
     def compile(self) -> None:
         """Build the sets; call once every pattern is added. Raises PatternSetError when a
         field's set exceeds re2's memory budget."""
+        if self.paranoia:
+            self.inspector = inspector_for(self.paranoia)
         options = re2.Options()
         options.log_errors = False
         for name, ids in self._ids.items():
@@ -100,12 +109,20 @@ class Scanner:
 class Scan:
     """A request's field scans, each run at most once and only when a rule asks."""
 
-    __slots__ = ("_done", "facts", "scanner")
+    __slots__ = ("_done", "_inspection", "facts", "scanner")
 
     def __init__(self, scanner: Scanner, facts: RequestFacts) -> None:
         self.scanner = scanner
         self.facts = facts
         self._done: dict[PatternField, tuple[int, ...]] = {}
+        self._inspection: Inspection | None = None
+
+    def inspection(self) -> Inspection:
+        """The request's inspection (run once, when a rule first asks)."""
+        if self._inspection is None:
+            inspector = self.scanner.inspector
+            self._inspection = inspector.inspect(self.facts) if inspector is not None else Inspection()
+        return self._inspection
 
     def hits(self, field: PatternField) -> tuple[int, ...]:
         """The ids of the patterns on `field` that match this request."""
@@ -118,7 +135,7 @@ class Scan:
 class Match:
     """A compiled MatchSpec: every condition must hold; values within one are any-of."""
 
-    __slots__ = ("headers", "methods", "missing", "patterns", "statuses")
+    __slots__ = ("headers", "inspect", "methods", "missing", "patterns", "statuses")
 
     def __init__(self, spec: MatchSpec, scanner: Scanner) -> None:
         self.methods = spec.methods or None
@@ -129,6 +146,9 @@ class Match:
             (name, frozenset(scanner.pattern_id(name, p) for p in pats if p), "" in pats)
             for name, pats in spec.patterns
         )
+        self.inspect = InspectCondition(spec.inspect) if spec.inspect is not None else None
+        if self.inspect is not None:
+            scanner.inspect_at(self.inspect.paranoia)
 
     def __call__(self, facts: RequestFacts, status: int | None, scan: Scan) -> bool:
         if self.statuses is not None and status not in self.statuses:
@@ -144,7 +164,7 @@ class Match:
                 continue  # `user_agent: ""` matches a missing or empty User-Agent
             if ids.isdisjoint(scan.hits(name)):
                 return False
-        return True
+        return self.inspect is None or self.inspect.holds(scan.inspection())
 
 
 def compile_matches(specs: Iterable[MatchSpec], scanner: Scanner) -> list[Match | None]:

@@ -133,11 +133,12 @@ def facts_from_record(doc: dict[str, Any]) -> Entry:
 
 def facts_from_corpus(doc: dict[str, Any], default_ts: float = 0.0) -> Entry:
     """A line of the normalised test corpora: ``{"client_ip", "ts", "method", "path" (with the
-    query), "headers", "status"}``; a missing `ts` takes `default_ts`."""
+    query), "headers", "body", "status"}``; a missing `ts` takes `default_ts`."""
     headers = {str(k).lower(): v for k, v in (doc.get("headers") or {}).items()}
     path, query = _split_target(str(doc.get("path") or ""))
     ts = doc.get("ts")
     status = doc.get("status")
+    body = doc.get("body")
     facts = RequestFacts(
         ts=default_ts if ts is None else parse_timestamp(str(ts)),
         client_ip=str(doc.get("client_ip") or ""),
@@ -147,8 +148,16 @@ def facts_from_corpus(doc: dict[str, Any], default_ts: float = 0.0) -> Entry:
         user_agent=_agent(headers.get("user-agent")),
         header_names=frozenset(k for k, v in headers.items() if v is not None),
         host=str(headers.get("host") or ""),
+        headers=tuple(
+            (k, str(v)) for k, v in headers.items() if v is not None and (k in _INSPECTED or k[:2] == "x-")
+        ),
+        body=body.encode("utf-8", "surrogateescape") if isinstance(body, str) and body else None,
+        content_type=str(headers["content-type"]) if headers.get("content-type") else None,
     )
     return Entry(facts, status if isinstance(status, int) else None)
+
+
+_INSPECTED = frozenset({"cookie", "referer"})
 
 
 def facts_from_json(line: str) -> Entry:

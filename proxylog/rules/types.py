@@ -18,6 +18,10 @@ class RequestFacts:
     Strings are log-safe text (never raw bytes); `path` and `query` are as received, not
     percent-decoded; `header_names` are lower-case. `resolved` is False when the client is a
     trusted proxy that named no client behind it (see `ClientIdentity.resolved`).
+
+    For request inspection only (empty unless a rule inspects): `headers` holds the values
+    of the headers inspected (Cookie, Referer, X-*; lower-case names), `body` a buffered
+    request body (size-capped) and `content_type` its Content-Type.
     """
 
     ts: float
@@ -29,6 +33,9 @@ class RequestFacts:
     header_names: frozenset[str]
     host: str
     resolved: bool = True
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    content_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
