@@ -1,6 +1,6 @@
 """Request inspection: detection and false positives on the public corpora, and its CPU cost.
 
-    .venv/bin/python benchmarks/inspect.py [--split test|dev|all] [--markdown] [--repeat 3]
+    .venv/bin/python benchmarks/inspection.py [--split test|dev|all] [--markdown] [--repeat 3]
                                               [--skip-cost | --skip-tables]
 
 Every corpus line is assigned to a split by a hash of its payload (both encodings of a
