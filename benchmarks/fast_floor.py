@@ -173,9 +173,11 @@ def wrk(port: int, duration: int, threads: int, connections: int, pid: int | Non
     ).stdout
     cpu = cpu_seconds(pid) - before if pid else None
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    if not requests:
+        raise RuntimeError(f"wrk completed no request:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"(?m)^\s+50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"(?m)^\s+99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         print(f"  wrk reported: {errors.group(0)}", file=sys.stderr)
