@@ -46,6 +46,8 @@ from proxylog.state.memory import MAX_OFFENDERS, MemoryBanTable, MemoryCounter
 logger = logging.getLogger("proxylog")
 
 MAX_QUEUED_OPS = 100_000  # bans and operator changes kept for write-back during an outage
+WARM_FOR = 2.0  # seconds a key near its threshold keeps being refreshed after its last event here
+MAX_WARM = 512  # warm keys refreshed per round trip at most
 BACKOFF = (0.25, 0.5, 1.0, 2.0, 5.0)  # seconds between reconnection attempts
 
 # KEYS[1] a sorted set of event times (member: a unique id, or the distinct value);
@@ -95,7 +97,7 @@ class SharedCounter:
     """A rule's counter: the local window, plus what the other instances counted as of the
     last round trip for that key. Events are queued for the next flush."""
 
-    __slots__ = ("local", "name", "others", "pending", "spec", "store")
+    __slots__ = ("local", "name", "others", "pending", "refresh", "spec", "store", "warm")
 
     def __init__(self, store: RedisStore, name: str, spec: CounterSpec) -> None:
         self.store = store
@@ -104,13 +106,18 @@ class SharedCounter:
         self.local = MemoryCounter(spec)
         self.pending: list[tuple[str, float, str | None]] = []
         self.others: LRUCache[str, tuple[int, float]] = LRUCache(maxsize=spec.max_keys)
+        self.warm: dict[str, float] = {}  # keys near their threshold → when last counted here
+        self.refresh: list[str] = []
 
     def add(self, key: str, now: float, member: str | None = None) -> int:
         count = self.local.add(key, now, member)
         if not self.pending:
             self.store.dirty.append(self)
         self.pending.append((key, now, member))
-        return count + self._others(key, now)
+        count += self._others(key, now)
+        if 2 * count >= self.spec.cap:
+            self.warm[key] = now
+        return count
 
     def peek(self, key: str, now: float) -> int:
         return self.local.peek(key, now) + self._others(key, now)
@@ -361,6 +368,8 @@ class RedisStore:
         self._writeback = False
         for (counter, key, own), count in zip(reads, results[offset : offset + len(reads)], strict=True):
             counter.others[key] = (max(0, int(count) - own), now)
+            if 2 * int(count) >= counter.spec.cap and key not in counter.warm:
+                counter.warm[key] = now
         if resync:
             fresh, _, bans, mode, allow = results[-5:]
             if fresh:  # Redis had no epoch: it is new or lost its data; write everything back
@@ -404,12 +413,18 @@ class RedisStore:
     def _write_counters(
         self, pipe: Any, batches: list[tuple[SharedCounter, list[tuple[str, float, str | None]]]], now: float
     ) -> list[tuple[SharedCounter, str, int]]:
-        """One script call per (counter, key) touched; returns what each result belongs to."""
+        """One script call per (counter, key) touched, and one (counting nothing) per warm key
+        not touched: what the others counted reaches this instance before its next event for
+        that key. Returns what each result belongs to."""
         reads = []
-        for counter, events in batches:
+        touched = {id(counter): counter for counter, _ in batches}
+        for counter, events in [*batches, *self._warm(touched, now)]:
             by_key: dict[str, list[tuple[float, str | None]]] = {}
             for key, at, member in events:
                 by_key.setdefault(key, []).append((at, member))
+            for key in counter.refresh:
+                by_key.setdefault(key, [])
+            counter.refresh = []
             spec = counter.spec
             for key, items in by_key.items():
                 base = f"{self.prefix}c:{counter.name}:{key}"
@@ -424,9 +439,31 @@ class RedisStore:
                     weight = 1.0 - (now - bucket * spec.window) / spec.window
                     members = [m or "" for _, m in items] if spec.distinct else ["1"] * len(items)
                     keys = (f"{base}:{bucket}", f"{base}:{bucket - 1}")
-                    pipe.evalsha(self._scripts[APPROX], 2, *keys, spec.window, weight, int(spec.distinct), *members)
+                    pipe.evalsha(
+                        self._scripts[APPROX], 2, *keys, spec.window, weight, int(spec.distinct), *members
+                    )
                 reads.append((counter, key, counter.local.peek(key, now)))
         return reads
+
+    def _warm(
+        self, touched: dict[int, SharedCounter], now: float
+    ) -> list[tuple[SharedCounter, list[tuple[str, float, str | None]]]]:
+        """Counters with warm keys to refresh (their `refresh` lists filled): keys at least
+        halfway to their threshold, touched within WARM_FOR seconds, at most MAX_WARM."""
+        out: list[tuple[SharedCounter, list[tuple[str, float, str | None]]]] = []
+        budget = MAX_WARM
+        for counter in self._counters.values():
+            if not counter.warm:
+                continue
+            for key, last in list(counter.warm.items()):
+                if now - last > WARM_FOR or budget <= 0:
+                    del counter.warm[key]
+                    continue
+                budget -= 1
+                counter.refresh.append(key)
+            if counter.refresh and id(counter) not in touched:
+                out.append((counter, []))
+        return out
 
     def _resync(self, bans: dict[bytes, bytes], mode: bytes | None, allow: set[bytes], now: float) -> None:
         """Make the local view match Redis, except for changes still queued here."""
