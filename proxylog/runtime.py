@@ -532,7 +532,13 @@ def check_config(config: Config) -> None:
     if config.control.tcp is not None:
         read_secret(config.control.token_file, config.control.token_env, "control")
     if config.state.password_file or config.state.password_env:
-        read_secret(config.state.password_file, config.state.password_env, "state.password_file")
+        read_secret(
+            config.state.password_file,
+            config.state.password_env,
+            "state",
+            file_key="password_file",
+            env_key="password_env",
+        )
     for index, alert in enumerate(config.alerts):
         if alert.token_file or alert.token_env:
             read_secret(alert.token_file, alert.token_env, f"alerts[{index}]")

@@ -190,7 +190,13 @@ class RedisStore:
         self.spec = spec
         self.clock = clock or time.time
         password = (
-            read_secret(spec.password_file, spec.password_env, "state.password_file")
+            read_secret(
+                spec.password_file,
+                spec.password_env,
+                "state",
+                file_key="password_file",
+                env_key="password_env",
+            )
             if spec.password_file or spec.password_env
             else None
         )

@@ -10,8 +10,8 @@ import uuid
 from typing import Any
 
 from tests._http import request
+from tests.ops.test_control import ctl, ctl_json, wait_until
 from tests.state.conftest import RedisServer
-from tests.test_control import ctl, ctl_json, wait_until
 
 PROBE = {
     "id": "probe",

@@ -144,5 +144,5 @@ def test_config_refuses_a_password_in_the_url_and_reads_it_from_a_file(tmp_path:
     assert config.state.url == "rediss://cache:6380/1"
     assert RedisStore(config.state)._password == "s3cret"
     missing = StateSpec(backend="redis", url="redis://x:1", password_env="PROXYLOG_NO_SUCH_VAR")
-    with pytest.raises(ConfigError, match=r"state\.password_file: environment variable"):
+    with pytest.raises(ConfigError, match=r"state\.password_env: environment variable"):
         RedisStore(missing)
