@@ -27,12 +27,13 @@ from proxylog.redact import Redactor
 from proxylog.redact.bodies import BodyParser, build_body_parser
 from proxylog.rules import RuleEngine, RuleEvent
 from proxylog.sinks import Sink, SinkWorker, build_sink
+from proxylog.state import Store, build_store
 from proxylog.state.file import StateFile
 
 logger = logging.getLogger("proxylog")
 
 # Keys a reload cannot apply to a running process: they need new listening sockets.
-RESTART_KEYS = ("upstream", "listen", "modes", "engine", "state_dir", "control", "metrics")
+RESTART_KEYS = ("upstream", "listen", "modes", "engine", "state_dir", "state", "control", "metrics")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,9 @@ class Runtime:
         self.state = state
         self.hooks = _Options()
         self.alerts: AlertDispatcher | None = None
+        # Counters and bans (and, shared, the mode and runtime allowlist): `state:` says where.
+        self.store = build_store(config.state, clock)
+        self.store.listener = self._on_shared
         self._compile(config, previous=None)
         if sinks is None:
             self.workers = [
@@ -113,7 +117,7 @@ class Runtime:
         """Build the per-config parts, then swap them in together; rule state (from
         `previous`) and unchanged alert webhooks carry over. Raises ConfigError (a bad intel
         file, an unreadable token), changing nothing."""
-        parts = compile_parts(config, self.clock, previous, self._on_rule_event)
+        parts = compile_parts(config, self.clock, previous, self._on_rule_event, store=self.store)
         alerts = self.alerts
         if alerts is None or alerts.specs != config.alerts:
             alerts = (
@@ -163,8 +167,37 @@ class Runtime:
         old, self.mode = self.mode, Mode(mode)
         self.mode_override = self.mode
         self.audit("mode", who, old, mode)
+        self.store.announce("mode", mode)
         self.persist()
         return old
+
+    def _on_shared(self, kind: str, value: str) -> None:
+        """The shared state changed elsewhere (another instance's `ctl mode`, `ctl allow`),
+        or its backend went away or came back: apply it here, audited and persisted."""
+        who = f"state ({self.config.state.backend})"
+        if kind == "mode" and value in MODES:
+            old, self.mode = self.mode, Mode(value)
+            self.mode_override = self.mode
+            self.audit("mode", who, old, value, source="shared")
+        elif kind in ("allow", "disallow"):
+            try:
+                changed = (
+                    self.engine.allow(value, share=False)
+                    if kind == "allow"
+                    else self.engine.disallow(value, share=False)
+                )
+            except ValueError as e:
+                logger.error("ignoring a shared allowlist entry %r: %s", value, e)
+                return
+            if changed:
+                self.audit(kind, who, None, value, source="shared")
+        elif kind in ("degraded", "recovered"):
+            doc = event_document(f"state.{kind}", "configuration", self.clock(), state=self.store.stats())
+            self.emit_document(doc)
+            return
+        else:
+            return
+        self.persist()
 
     def _follow_config_mode(self, new: Config, who: str) -> str | None:
         """After a reload: the config's `mode:` applies unless an operator chose the mode;
@@ -383,6 +416,7 @@ class Runtime:
         """Start the sink workers and the background upkeep on the running loop."""
         for worker in self.workers:
             worker.start()
+        self.store.start()
         if not self._tasks:
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._upkeep(), name="proxylog upkeep")]
@@ -449,6 +483,7 @@ class Runtime:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.persist()
         await self.saved()
+        await self.store.close()
         if self._state_writer is not None:
             self._state_writer.shutdown(wait=False)
             self._state_writer = None
@@ -473,6 +508,8 @@ def compile_parts(
     clock: Callable[[], float] = time.time,
     previous: RuleEngine | None = None,
     listener: Callable[[RuleEvent], None] | None = None,
+    *,
+    store: Store | None = None,
 ) -> Parts:
     """The one compile step, used by `serve` (and every reload) and by `check`: trusted
     proxies, the redactor (patterns compiled together), body capture and the rule engine
@@ -481,7 +518,7 @@ def compile_parts(
         TrustedProxies(config.trusted_proxies),
         Redactor(config.redact),
         build_body_parser(config.redact),
-        RuleEngine(config.rules, clock, previous=previous, listener=listener),
+        RuleEngine(config.rules, clock, previous=previous, listener=listener, store=store),
     )
 
 
@@ -494,6 +531,14 @@ def check_config(config: Config) -> None:
         build_sink(spec).close()
     if config.control.tcp is not None:
         read_secret(config.control.token_file, config.control.token_env, "control")
+    if config.state.password_file or config.state.password_env:
+        read_secret(
+            config.state.password_file,
+            config.state.password_env,
+            "state",
+            file_key="password_file",
+            env_key="password_env",
+        )
     for index, alert in enumerate(config.alerts):
         if alert.token_file or alert.token_env:
             read_secret(alert.token_file, alert.token_env, f"alerts[{index}]")

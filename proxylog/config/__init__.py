@@ -29,6 +29,7 @@ from proxylog.config.redact import RedactSpec, parse_redact
 from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import parse_rules
 from proxylog.config.sinks import FileSpec, SinkSpec, StdoutSpec, parse_sinks
+from proxylog.config.state import StateSpec, parse_state
 from proxylog.errors import ConfigError
 from proxylog.net import IPNetwork
 from proxylog.record import MODES, Mode
@@ -46,6 +47,7 @@ __all__ = [
     "RedactSpec",
     "RulesSpec",
     "SinkSpec",
+    "StateSpec",
     "StdoutSpec",
     "TimeoutSpec",
     "load_config",
@@ -136,6 +138,7 @@ class Config:
     control: ControlSpec = field(default_factory=ControlSpec)
     metrics: MetricsSpec = field(default_factory=MetricsSpec)
     alerts: tuple[AlertSpec, ...] = ()
+    state: StateSpec = field(default_factory=StateSpec)
     state_dir: str = field(default_factory=lambda: default_state_dir())
     source: str | None = None
 
@@ -178,6 +181,7 @@ _TOP_KEYS = frozenset(
         "control",
         "metrics",
         "alerts",
+        "state",
     }
 )
 
@@ -236,6 +240,8 @@ def parse_config(data: Any, source: str | None = None) -> Config:
         kwargs["metrics"] = parse_metrics(fields.require("metrics"))
     if "alerts" in fields:
         kwargs["alerts"] = parse_alerts(fields.require("alerts"))
+    if "state" in fields:
+        kwargs["state"] = parse_state(fields.require("state"))
     if "state_dir" in fields:
         kwargs["state_dir"] = os.path.expanduser(fields.require("state_dir").string())
     return Config(**kwargs)

@@ -58,6 +58,7 @@ async def _status(server: ControlServer, request: Request, args: dict[str, Any])
         "uptime_s": round(runtime.clock() - runtime.started, 1),
         "config": runtime.config.source,
         "bans": len(runtime.engine.bans()),
+        "state": runtime.store.stats(),
         "sinks": [
             {
                 "name": w.name,

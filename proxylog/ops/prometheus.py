@@ -66,6 +66,7 @@ class RuntimeCollector:
             hits.add_metric([rule], counts.matched)
         yield hits
         yield GaugeMetricFamily("proxylog_active_bans", "Active bans.", value=len(runtime.engine.bans()))
+        yield from _state_metrics(runtime)
 
         yield from _sink_metrics(runtime)
 
@@ -96,6 +97,29 @@ class RuntimeCollector:
             alerts.add_metric(["failed"], runtime.alerts.failed)
             alerts.add_metric(["suppressed"], runtime.alerts.suppressed)
             yield alerts
+
+
+def _state_metrics(runtime: Runtime) -> Iterator[Metric]:
+    """A shared state backend's health and traffic (nothing for the in-process one)."""
+    stats = runtime.store.stats()
+    if stats["backend"] == "memory":
+        return
+    yield GaugeMetricFamily(
+        "proxylog_state_degraded",
+        "1 while the shared state backend is unreachable (state is local meanwhile).",
+        value=1.0 if stats["degraded"] else 0.0,
+    )
+    yield CounterMetricFamily(
+        "proxylog_state_outages", "Times the shared state backend became unreachable.", value=stats["outages"]
+    )
+    yield CounterMetricFamily(
+        "proxylog_state_round_trips",
+        "Pipelined round trips to the shared state backend.",
+        value=stats["round_trips"],
+    )
+    yield CounterMetricFamily(
+        "proxylog_state_commands", "Commands sent to the shared state backend.", value=stats["commands"]
+    )
 
 
 def _sink_metrics(runtime: Runtime) -> Iterator[Metric]:

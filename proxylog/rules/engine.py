@@ -394,16 +394,21 @@ class RuleEngine:
         """Allowlisted CIDRs: the config's plus those added at runtime."""
         return [str(net) for net in self.spec.allow] + list(self._runtime_allow)
 
-    def allow(self, cidr: str) -> None:
-        """Allowlist a CIDR at runtime; raises ValueError for a bad CIDR."""
+    def allow(self, cidr: str, *, share: bool = True) -> bool:
+        """Allowlist a CIDR at runtime (and, with `share`, on every instance of a shared
+        store); True if it is new. Raises ValueError for a bad CIDR."""
         key = normalize_key(cidr)
         net = str(ipaddress.ip_network(key))
-        if net not in self._runtime_allow:
-            self._runtime_allow.append(net)
-            self._allow = self._build_allow()
-            self._generation += 1
+        if net in self._runtime_allow:
+            return False
+        self._runtime_allow.append(net)
+        self._allow = self._build_allow()
+        self._generation += 1
+        if share:
+            self.store.announce("allow", net)
+        return True
 
-    def disallow(self, cidr: str) -> bool:
+    def disallow(self, cidr: str, *, share: bool = True) -> bool:
         """Remove a runtime allowlist entry; True if it was there. Raises ValueError for a bad CIDR."""
         net = str(ipaddress.ip_network(normalize_key(cidr)))
         if net not in self._runtime_allow:
@@ -411,6 +416,8 @@ class RuleEngine:
         self._runtime_allow.remove(net)
         self._allow = self._build_allow()
         self._generation += 1
+        if share:
+            self.store.announce("disallow", net)
         return True
 
     def refresh(self) -> None:

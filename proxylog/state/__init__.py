@@ -2,16 +2,24 @@
 
 The engine talks to a `Store` only through the protocols below, so a shared backend (redis,
 for several workers or hosts) can replace the in-process `MemoryStore` without
-touching the engine. Every method is synchronous and must stay cheap: it runs per request.
+touching the engine. Every method is synchronous and must stay cheap: it runs per request;
+a shared store keeps a local view and syncs it from a background task (`start`/`close`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from proxylog.config.state import StateSpec
 
 Precision = Literal["exact", "approx"]
+# What a shared store tells its owner: another instance changed the mode or the runtime
+# allowlist ("mode", "allow", "disallow"), or the backend went away or came back
+# ("degraded", "recovered": the value says why).
+Listener = Callable[[str, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +114,32 @@ class Store(Protocol):
         """Note an offence by `key`; return how many it committed within `memory` seconds."""
         ...
 
+    listener: Listener | None
 
-def build_store(backend: str = "memory") -> Store:
-    """A Store for a backend name (only ``memory`` exists so far); raises ValueError otherwise."""
+    def announce(self, kind: str, value: str) -> None:
+        """Share an operator's change ("mode", "allow", "disallow") with the other instances."""
+        ...
+
+    def start(self) -> None:
+        """Start syncing in the background (on the running event loop)."""
+        ...
+
+    async def close(self) -> None:
+        """Flush what is pending (briefly) and stop syncing."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """The backend's health and traffic, for `ctl status` and metrics."""
+        ...
+
+
+def build_store(spec: StateSpec | None = None, clock: Callable[[], float] | None = None) -> Store:
+    """The Store a `state:` section asks for (None: in-process memory). Raises ConfigError
+    naming the key for an unreadable password."""
     from proxylog.state.memory import MemoryStore
 
-    stores = {"memory": MemoryStore}
-    if backend not in stores:
-        raise ValueError(f"unknown state backend {backend!r}")
-    return stores[backend]()
+    if spec is None or spec.backend == "memory":
+        return MemoryStore()
+    from proxylog.state.redis import RedisStore
+
+    return RedisStore(spec, clock=clock)

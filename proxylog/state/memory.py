@@ -12,11 +12,11 @@ import heapq
 import ipaddress
 import math
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from cachetools import LRUCache
 
-from proxylog.state import Ban, CounterSpec
+from proxylog.state import Ban, CounterSpec, Listener
 
 MAX_BANS = 250_000
 MAX_OFFENDERS = 100_000
@@ -258,6 +258,7 @@ class MemoryStore:
         self.bans = MemoryBanTable(max_bans)
         self._counters: dict[str, MemoryCounter] = {}
         self._offences: LRUCache[str, tuple[int, float]] = LRUCache(maxsize=max_offenders)
+        self.listener: Listener | None = None
 
     def counter(self, name: str, spec: CounterSpec) -> MemoryCounter:
         counter = self._counters.get(name)
@@ -275,3 +276,15 @@ class MemoryStore:
         count = count + 1 if now - last <= memory else 1
         self._offences[key] = (count, now)
         return count
+
+    def announce(self, kind: str, value: str) -> None:
+        """Nothing to share: this process is the only one."""
+
+    def start(self) -> None:
+        """Nothing runs in the background."""
+
+    async def close(self) -> None:
+        """Nothing to flush."""
+
+    def stats(self) -> dict[str, Any]:
+        return {"backend": "memory"}
