@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from proxylog.fast.contract import RequestHead
 from proxylog.fast.heads import find_head_end, framing, lenient_head, split_head
@@ -69,7 +69,7 @@ class ClientConn(asyncio.Protocol):
     # -- asyncio callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream server, by construction
+        transport = cast(asyncio.Transport, transport)  # a stream server (uvloop: not a subclass)
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -106,7 +106,7 @@ class UpstreamConn(asyncio.Protocol):
         self._response: _Response | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream connection, by construction
+        transport = cast(asyncio.Transport, transport)  # a stream connection (uvloop: not a subclass)
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:

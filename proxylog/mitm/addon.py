@@ -31,7 +31,7 @@ from proxylog.mitm.flows import (
 )
 from proxylog.mitm.layers import guard_http1, refuse_tls_on_plain_listener
 from proxylog.mitm.replies import reject, reply, reply_to_error
-from proxylog.pipeline import Pipeline
+from proxylog.pipeline import Block, Pipeline
 from proxylog.runtime import Runtime
 
 logger = logging.getLogger("proxylog")
@@ -264,7 +264,12 @@ class ProxyLog:
     def _apply(self, flow: http.HTTPFlow, state: FlowState) -> bool:
         """The pipeline's request-time decision: tags to Puma, and the reply when a block is
         enforced. True if blocked."""
-        block = self.pipeline.decide(state)
+        return self._carry_out(flow, state, self.pipeline.decide(state))
+
+    @staticmethod
+    def _carry_out(flow: http.HTTPFlow, state: FlowState, block: Block | None) -> bool:
+        """Give Puma the request's tags (the pipeline added X-Proxylog-Tags) and answer now if
+        `block`. True if blocked."""
         if state.tags:
             flow.request.headers.fields = tuple(state.upstream_headers)
         if block is None:
@@ -288,13 +293,7 @@ class ProxyLog:
         limit = self.pipeline.body_limit(state)
         if not body or not limit or len(body) > limit:
             return False
-        block = self.pipeline.decide_body(state, body)
-        if state.tags:
-            flow.request.headers.fields = tuple(state.upstream_headers)
-        if block is None:
-            return False
-        reply(flow, state, block.status, retry_after=block.retry_after, body=block.body)
-        return True
+        return self._carry_out(flow, state, self.pipeline.decide_body(state, body))
 
     @guarded
     def server_connect(self, data: Any) -> None:
