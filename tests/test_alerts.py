@@ -236,7 +236,10 @@ def test_email_and_pagerduty_specs_parse_with_defaults() -> None:
 @pytest.mark.parametrize(
     ("item", "error"),
     [
-        ({"type": "email", "host": "smtp.example.com", "from": "a@example.com"}, r"alerts\[0\]\.to: is required"),
+        (
+            {"type": "email", "host": "smtp.example.com", "from": "a@example.com"},
+            r"alerts\[0\]\.to: is required",
+        ),
         (
             {"type": "email", "host": "smtp.example.com", "from": "a@example.com", "to": "not-an-address"},
             r"alerts\[0\]\.to: expected an email address",
@@ -251,11 +254,16 @@ def test_email_and_pagerduty_specs_parse_with_defaults() -> None:
         ),
         (
             {
-                "type": "email", "host": "h", "from": "a@example.com", "to": "b@example.com",
-                "tls": "none", "username": "u", "password_env": "P",
+                "type": "email",
+                "host": "h",
+                "from": "a@example.com",
+                "to": "b@example.com",
+                "tls": "none",
+                "username": "u",
+                "password_env": "P",
             },
             r"alerts\[0\]\.tls: AUTH needs TLS",
-        ),  # fmt: skip
+        ),
         (
             {"type": "email", "host": "h:25", "from": "a@example.com", "to": "b@example.com"},
             r"alerts\[0\]\.host: expected a host name",
@@ -282,3 +290,32 @@ def test_two_channels_of_one_name_are_refused() -> None:
             {"type": "webhook", "url": "http://127.0.0.1:9/a"},
             {"type": "webhook", "url": "http://127.0.0.1:9/b"},
         )
+
+
+@pytest.mark.parametrize(
+    ("channel", "missing"),
+    [
+        (
+            {
+                "type": "email", "host": "127.0.0.1", "from": "a@example.com", "to": "b@example.com",
+                "username": "u", "password_env": "PROXYLOG_TEST_UNSET_PASSWORD",
+            },
+            "PROXYLOG_TEST_UNSET_PASSWORD",
+        ),
+        ({"type": "pagerduty", "routing_key_file": "/nonexistent/routing-key"}, "/nonexistent/routing-key"),
+    ],
+    ids=["smtp-password", "pagerduty-routing-key"],
+)  # fmt: skip
+def test_check_reads_every_channels_secret(tmp_path, channel: dict[str, Any], missing: str) -> None:
+    """`proxylog check` builds the channels (no thread starts), so an SMTP password or a
+    routing key that serve could not read fails the check, naming the channel."""
+    import argparse
+
+    import yaml
+
+    from proxylog.cli import cmd_check
+
+    path = tmp_path / "alerts.yaml"
+    path.write_text(yaml.safe_dump({"alerts": [channel], "state_dir": str(tmp_path / "state")}))
+    with pytest.raises(ConfigError, match=rf"alerts\[0\].*{missing}"):
+        cmd_check(argparse.Namespace(file=str(path)))

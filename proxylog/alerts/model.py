@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 Action = Literal["trigger", "resolve"]
 TOP_PATHS = 3
+LEAD_ORDER = {"ban": 0, "sink_failure": 1, "config_reload_failed": 2, "rule_fired": 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +117,11 @@ def headline(alert: Alert) -> str:
 
 def subject(batch: list[Alert]) -> str:
     """A short subject for one message: ``[proxylog] ban 203.0.113.7 by probing on web-1``,
-    with ``(+N more)`` when the message groups several alerts."""
-    first = batch[0]
+    led by the weightiest alert (a ban before the rule firing that caused it), with
+    ``(+N more)`` when the message groups several."""
+    lead = min(batch, key=lambda alert: LEAD_ORDER.get(alert.kind, len(LEAD_ORDER)))
     more = f" (+{len(batch) - 1} more)" if len(batch) > 1 else ""
-    return f"[proxylog] {headline(first)} on {_printable(first.host)}{more}"
+    return f"[proxylog] {headline(lead)} on {_printable(lead.host)}{more}"
 
 
 def details(alert: Alert) -> list[tuple[str, str]]:
