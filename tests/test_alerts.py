@@ -319,3 +319,21 @@ def test_check_reads_every_channels_secret(tmp_path, channel: dict[str, Any], mi
     path.write_text(yaml.safe_dump({"alerts": [channel], "state_dir": str(tmp_path / "state")}))
     with pytest.raises(ConfigError, match=rf"alerts\[0\].*{missing}"):
         cmd_check(argparse.Namespace(file=str(path)))
+
+
+def test_the_documented_examples_parse() -> None:
+    """Every `alerts:` example in docs/alerts.md and the README's alerts section is a valid
+    config (secrets are read when channels are built, not when parsed)."""
+    import re
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Alerts\n") :].split("\n## ", 1)[0]
+    texts = [(ROOT / "docs" / "alerts.md").read_text(), section]
+    blocks = [b for text in texts for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "alerts:" in b]
+    assert len(blocks) >= 5
+    for block in blocks:
+        assert parse_alerts(Node(yaml.safe_load(block)["alerts"], "alerts"))
