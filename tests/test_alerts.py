@@ -337,3 +337,17 @@ def test_the_documented_examples_parse() -> None:
     assert len(blocks) >= 5
     for block in blocks:
         assert parse_alerts(Node(yaml.safe_load(block)["alerts"], "alerts"))
+
+
+def test_a_message_of_many_alerts_stays_readable() -> None:
+    """A group of 250 bans (a distributed scan) is one message: 20 told in full, 200 more by
+    their headline, and the count of the rest."""
+    batch = [
+        Alert("ban", "probing", f"10.0.0.{i}", 0.0, "web-1", "0.1.0", count=1, threshold=1)
+        for i in range(250)
+    ]
+    text = body(batch)
+    assert text.count("  count ") == 20
+    assert "230 more alerts:\n  ban 10.0.0.20 by probing\n" in text
+    assert "  ban 10.0.0.219 by probing\n  ... and 30 more\n" in text and "10.0.0.220" not in text
+    assert subject(batch) == "[proxylog] ban 10.0.0.0 by probing on web-1 (+249 more)"

@@ -29,6 +29,7 @@ logger = logging.getLogger("proxylog.alerts")
 QUEUE_LIMIT = 1000
 DEDUPE_KEYS = 10_000
 MAX_OPEN = 10_000
+REFRESHED = 100  # alerts per batch whose evidence is read again at delivery
 
 
 class DeliveryError(Exception):
@@ -202,7 +203,8 @@ class Channel:
                 return
 
     def _deliver(self, batch: list[Alert], attempts: int) -> None:
-        batch = [self.owner.refresh(alert) for alert in batch]
+        # The evidence is read again for the alerts told in full (the rest keep what they had).
+        batch = [self.owner.refresh(a) for a in batch[:REFRESHED]] + batch[REFRESHED:]
         for message in self.messages(batch):
             self._send(message, attempts)
 

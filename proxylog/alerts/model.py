@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 Action = Literal["trigger", "resolve"]
 TOP_PATHS = 3
+DETAILED = 20  # alerts of one message told in full
+LISTED = 200  # alerts beyond those named by their headline
 LEAD_ORDER = {"ban": 0, "sink_failure": 1, "config_reload_failed": 2, "rule_fired": 3}
 
 
@@ -150,11 +152,20 @@ def details(alert: Alert) -> list[tuple[str, str]]:
 
 
 def body(batch: list[Alert]) -> str:
-    """A plain-text message: per alert its headline, then its details aligned under it."""
+    """A plain-text message: per alert its headline, then its details aligned under it; past
+    `DETAILED` alerts (a scan of many clients in one group) only headlines, past `LISTED`
+    only their number, so a message stays readable and cheap to build."""
     parts = []
-    for alert in batch:
+    for alert in batch[:DETAILED]:
         rows = details(alert)
         width = max(len(label) for label, _ in rows)
         lines = [headline(alert)] + [f"  {label.ljust(width)}  {text}" for label, text in rows]
         parts.append("\n".join(lines))
+    rest = batch[DETAILED:]
+    if rest:
+        listed = [f"  {headline(alert)}" for alert in rest[:LISTED]]
+        unlisted = f"\n  ... and {len(rest) - LISTED} more" if len(rest) > LISTED else ""
+        parts.append(
+            f"{len(rest)} more alert{'s' if len(rest) > 1 else ''}:\n" + "\n".join(listed) + unlisted
+        )
     return "\n\n".join(parts) + "\n\n-- \nproxylog alerts: rule events, bans, sink failures and reloads.\n"
