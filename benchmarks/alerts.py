@@ -32,7 +32,7 @@ from proxylog.alerts.evidence import Evidence
 from proxylog.config import parse_config
 from proxylog.runtime import Runtime
 from proxylog.testing import MemorySink, make_record
-from tests._alert_receivers import SmtpReceiver
+from tests.alerts._receivers import SmtpReceiver
 from tests.conftest import Proxylog, Puma
 
 

@@ -1,8 +1,8 @@
 """AlertDispatcher units: parsing `alerts:`, what an alert may carry and how it reads, the
 evidence behind it, threads (none before `start`), reloads, and what happens to alerts still
 queued when their channel closes. Channels against real receivers are in
-tests/test_alerts_email.py and tests/test_alerts_pagerduty.py; webhooks end to end in
-tests/test_control.py and tests/test_control_rules.py."""
+tests/alerts/test_alerts_email.py and test_alerts_pagerduty.py; webhooks end to end in
+tests/ops/test_control.py and test_control_rules.py."""
 
 from __future__ import annotations
 

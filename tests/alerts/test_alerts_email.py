@@ -16,9 +16,9 @@ from proxylog.config.alerts import parse_alerts
 from proxylog.config.reader import Node
 from proxylog.config.redact import RedactSpec
 from proxylog.redact import Redactor
-from tests._alert_receivers import SmtpReceiver
+from tests.alerts._receivers import SmtpReceiver
+from tests.alerts.test_alerts import documents, until
 from tests.conftest import free_port
-from tests.test_alerts import documents, until
 
 PASSWORD = "s3cret-smtp-password"
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests._alert_receivers import SmtpReceiver
 from tests._http import request
+from tests.alerts._receivers import SmtpReceiver
 from tests.conftest import free_port
-from tests.test_control import ctl, ctl_json, documents, wait_until
+from tests.ops.test_control import ctl, ctl_json, documents, wait_until
 
 PROBES = ("/.env", "/.git/config", "/wp-login.php")
 RULES = [

@@ -19,9 +19,9 @@ from proxylog.errors import SinkError
 from proxylog.rules.types import RequestFacts
 from proxylog.runtime import Runtime
 from proxylog.testing import FakeClock, MemorySink, make_record
-from tests._alert_receivers import PagerDutyReceiver, pagerduty_errors
-from tests.test_alerts import documents, until
-from tests.test_alerts_e2e import RULES
+from tests.alerts._receivers import PagerDutyReceiver, pagerduty_errors
+from tests.alerts.test_alerts import documents, until
+from tests.alerts.test_alerts_e2e import RULES
 
 ROUTING_KEY = "R0UT1NGKEY0123456789abcdefABCDEF"  # 32 characters, like a real integration key
 
