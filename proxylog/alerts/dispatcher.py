@@ -67,15 +67,17 @@ class _Shared:
         return alert if seen is None else replace(alert, seen=seen)
 
 
+# spec class -> channel class: a new channel type is a Channel subclass, its spec, one line here.
+CHANNELS: dict[type[AlertSpec], Callable[[Any, _Shared, str], Channel]] = {
+    WebhookAlertSpec: WebhookChannel,
+    EmailAlertSpec: EmailChannel,
+    PagerDutyAlertSpec: PagerDutyChannel,
+}
+
+
 def build_channel(spec: AlertSpec, owner: _Shared, where: str) -> Channel:
     """The channel for one spec; raises ConfigError (naming `where`) for a secret it cannot read."""
-    if isinstance(spec, EmailAlertSpec):
-        return EmailChannel(spec, owner, where)
-    if isinstance(spec, PagerDutyAlertSpec):
-        return PagerDutyChannel(spec, owner, where)
-    if isinstance(spec, WebhookAlertSpec):
-        return WebhookChannel(spec, owner, where)
-    raise TypeError(f"no alert channel for {type(spec).__name__}")
+    return CHANNELS[type(spec)](spec, owner, where)
 
 
 class AlertDispatcher:
