@@ -34,6 +34,8 @@ otherwise) every request is observed; in enforce mode requests a ban would block
 """
 
 
+
+
 def register(commands: Any) -> None:
     """Add ``proxylog replay`` to the `proxylog` subcommands."""
     parser = commands.add_parser(
