@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from proxylog.alerts import AlertDispatcher
 from proxylog.config import Config, ConfigError, load_config
+from proxylog.config.rule_specs import RuleSpec
 from proxylog.config.secrets import read_secret
 from proxylog.config.sinks import SinkSpec
 from proxylog.identity import TrustedProxies
@@ -95,6 +96,8 @@ class Runtime:
         # Counters and bans (and, shared, the mode and runtime allowlist): `state:` says where.
         self.store = build_store(config.state, clock)
         self.store.listener = self._on_shared
+        self._started = False
+        self._rule_specs: dict[str, RuleSpec] = {}
         self._compile(config, previous=None)
         if sinks is None:
             self.workers = [
@@ -126,22 +129,29 @@ class Runtime:
                     self.emit_document,
                     clock=self.clock,
                     clean=self._clean_text,
+                    previous=self.alerts,
                 )
                 if config.alerts
                 else None
             )
         if self.alerts is not None and alerts is not self.alerts:
-            self.alerts.close()
+            self.alerts.close(keep=alerts)
         self.trusted, self.redactor = parts.trusted, parts.redactor
         self.body_parser, self.engine = parts.body_parser, parts.engine
         self.alerts = alerts
+        self._rule_specs = {rule.id: rule for rule in config.rules.rules}
+        if alerts is not None and self._started:
+            alerts.start()
 
     # -- the request path -------------------------------------------------------------------
 
     def emit(self, record: AccessRecord) -> None:
         """Count a record, redact it, encode it once and queue it on every sink."""
         self.metrics.observe(record.status, record.action, record.upstream_ms)
-        self._submit(encode_record(self.redactor(record), self.config.record.schema))
+        record = self.redactor(record)
+        if self.alerts is not None:
+            self.alerts.witness(record.client_ip, record.path, record.timestamp)
+        self._submit(encode_record(record, self.config.record.schema))
 
     def emit_document(self, doc: dict[str, Any]) -> None:
         """Queue a non-access event (marker, audit, alert) on every sink."""
@@ -399,16 +409,28 @@ class Runtime:
             worker.reopen()
 
     def _on_rule_event(self, event: RuleEvent) -> None:
-        # Alert on what needs a human: a rule first firing for a key, and bans (not expiries).
-        if self.alerts is not None and event.kind in ("rule_fired", "ban"):
-            self.alerts.notify(
-                event.kind,
-                event.rule,
-                event.key,
-                count=event.count,
-                threshold=event.threshold,
-                until=event.until,
-            )
+        # Alert on what needs a human: a rule first firing for a key, and bans; a ban's end
+        # resolves its alert on channels that send resolves.
+        alerts = self.alerts
+        if alerts is None:
+            return
+        if event.kind == "unban":
+            alerts.resolve("ban", event.rule, event.key, until=event.until)
+            return
+        rule = self._rule_specs.get(event.rule)  # None for a manual ban
+        mode = (rule.mode if rule is not None else None) or self.mode
+        blocks = rule is None or rule.action == "block"
+        alerts.notify(
+            event.kind,
+            event.rule,
+            event.key,
+            count=event.count if event.threshold else None,
+            threshold=event.threshold or None,
+            window_s=rule.window if rule is not None else None,
+            mode=str(mode),
+            enforced=blocks and mode == Mode.ENFORCE,
+            until=event.until,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -417,6 +439,9 @@ class Runtime:
         for worker in self.workers:
             worker.start()
         self.store.start()
+        self._started = True
+        if self.alerts is not None:
+            self.alerts.start()
         if not self._tasks:
             loop = asyncio.get_running_loop()
             self._tasks = [loop.create_task(self._upkeep(), name="proxylog upkeep")]
@@ -433,6 +458,8 @@ class Runtime:
         self._ticks += 1
         try:
             self._watch_sinks()
+            if self.alerts is not None:
+                self.alerts.tick()
             if self._ticks % self.upkeep_every == 0:
                 if self.engine.bans() != self._saved_bans:
                     self.persist()
@@ -462,8 +489,11 @@ class Runtime:
         for worker in self.workers:
             was = self._sink_health.get(worker.name, True)
             now = worker.stats.healthy
-            if was and not now and self.alerts is not None:
-                self.alerts.notify("sink_failure", "sink", worker.name, error=worker.stats.last_error)
+            if was != now and self.alerts is not None:
+                if now:
+                    self.alerts.resolve("sink_failure", "sink", worker.name)
+                else:
+                    self.alerts.notify("sink_failure", "sink", worker.name, error=worker.stats.last_error)
             self._sink_health[worker.name] = now
 
     async def flush(self, timeout: float) -> bool:
@@ -488,7 +518,7 @@ class Runtime:
             self._state_writer.shutdown(wait=False)
             self._state_writer = None
         if self.alerts is not None:
-            self.alerts.close()
+            await self.alerts.aclose(timeout)
         lost = await asyncio.gather(*(w.close(timeout) for w in self.workers))
         return sum(lost)
 
@@ -539,9 +569,8 @@ def check_config(config: Config) -> None:
             file_key="password_file",
             env_key="password_env",
         )
-    for index, alert in enumerate(config.alerts):
-        if alert.token_file or alert.token_env:
-            read_secret(alert.token_file, alert.token_env, f"alerts[{index}]")
+    if config.alerts:
+        AlertDispatcher(config.alerts, lambda document: None).close()  # reads every channel's secret
 
 
 def _address(url: str) -> tuple[str, int]:

@@ -9,14 +9,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from proxylog.config.ops import (
-    AlertSpec,
-    ControlSpec,
-    MetricsSpec,
-    parse_alerts,
-    parse_control,
-    parse_metrics,
-)
+from proxylog.config.alerts import AlertSpec, parse_alerts
+from proxylog.config.ops import ControlSpec, MetricsSpec, parse_control, parse_metrics
 from proxylog.config.reader import (
     Node,
     load_yaml,

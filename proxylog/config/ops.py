@@ -1,16 +1,13 @@
-"""Operations specs: the control socket (``control:``), metrics (``metrics:``), alerts (``alerts:``)."""
+"""Operations specs: the control socket (``control:``) and metrics (``metrics:``); alert
+channels (``alerts:``) are in `proxylog.config.alerts`."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 from proxylog.config.reader import Node
-
-AlertType = Literal["webhook", "slack"]
-ALERT_TYPES: tuple[AlertType, ...] = get_args(AlertType)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,19 +28,6 @@ class MetricsSpec:
     """Prometheus exposition on a loopback port; off when `listen` is None."""
 
     listen: tuple[str, int] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AlertSpec:
-    """One webhook receiving alerts: generic JSON or Slack-compatible."""
-
-    type: AlertType
-    url: str
-    cooldown: float = 300.0
-    group: float = 5.0
-    token_file: str | None = None
-    token_env: str | None = None
-    timeout: float = 5.0
 
 
 def _loopback(node: Node) -> tuple[str, int]:
@@ -76,21 +60,3 @@ def parse_control(node: Node) -> ControlSpec:
 def parse_metrics(node: Node) -> MetricsSpec:
     fields = node.fields({"listen"})
     return MetricsSpec(listen=_loopback(listen) if (listen := fields.get("listen")) else None)
-
-
-def parse_alerts(node: Node) -> tuple[AlertSpec, ...]:
-    specs = []
-    for item in node.items():
-        fields = item.fields({"type", "url", "cooldown", "group", "token_file", "token_env", "timeout"})
-        specs.append(
-            AlertSpec(
-                type=fields.require("type").choice(ALERT_TYPES),
-                url=fields.require("url").url(("http", "https")),
-                cooldown=c.duration() if (c := fields.get("cooldown")) else 300.0,
-                group=g.duration() if (g := fields.get("group")) else 5.0,
-                token_file=t.string() if (t := fields.get("token_file")) else None,
-                token_env=e.string() if (e := fields.get("token_env")) else None,
-                timeout=t2.duration(min=0.1) if (t2 := fields.get("timeout")) else 5.0,
-            )
-        )
-    return tuple(specs)

@@ -166,13 +166,7 @@ async def _stats(server: ControlServer, request: Request, args: dict[str, Any]) 
         "rules": runtime.engine.stats().as_dict(),
         "sinks": {w.name: w.snapshot() for w in runtime.workers},
         "reloads": dict(metrics.reloads),
-        "alerts": None
-        if runtime.alerts is None
-        else {
-            "sent": runtime.alerts.sent,
-            "failed": runtime.alerts.failed,
-            "suppressed": runtime.alerts.suppressed,
-        },
+        "alerts": None if runtime.alerts is None else runtime.alerts.snapshot(),
         "internal_errors": runtime.internal_errors,
     }
 

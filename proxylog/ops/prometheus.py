@@ -5,7 +5,7 @@ never request data."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -92,11 +92,24 @@ class RuntimeCollector:
             value=runtime.internal_errors,
         )
         if runtime.alerts is not None:
-            alerts = CounterMetricFamily("proxylog_alerts", "Alert webhook deliveries.", labels=["result"])
-            alerts.add_metric(["sent"], runtime.alerts.sent)
-            alerts.add_metric(["failed"], runtime.alerts.failed)
-            alerts.add_metric(["suppressed"], runtime.alerts.suppressed)
-            yield alerts
+            yield from _alert_metrics(runtime.alerts.snapshot())
+
+
+def _alert_metrics(snapshot: dict[str, Any]) -> Iterator[Metric]:
+    labels = ["channel", "type", "result"]
+    alerts = CounterMetricFamily(
+        "proxylog_alerts",
+        "Alerts per channel: sent, retried (attempts repeated), dropped (counted, with an "
+        "alerts_dropped event), suppressed (a duplicate within the cooldown).",
+        labels=labels,
+    )
+    queued = GaugeMetricFamily("proxylog_alert_queue_depth", "Alerts waiting to be sent.", labels=["channel"])
+    for name, channel in snapshot["channels"].items():
+        for result in ("sent", "retried", "dropped", "suppressed"):
+            alerts.add_metric([name, channel["type"], result], channel[result])
+        queued.add_metric([name], channel["queued"])
+    yield alerts
+    yield queued
 
 
 def _state_metrics(runtime: Runtime) -> Iterator[Metric]:
