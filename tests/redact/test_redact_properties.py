@@ -30,7 +30,7 @@ from proxylog.runtime import Runtime
 from proxylog.testing import MemorySink, make_record
 
 BATCH = 50
-EXAMPLES = 200  # x BATCH = 10,000 generated requests
+EXAMPLES = 100  # x BATCH = 5,000 generated requests
 HASH_ENV = "PROXYLOG_PROPERTY_HASH_KEY"
 CREDENTIALS = (*CREDENTIAL_HEADERS, "x-session-token", "x-shop-secret")
 BENIGN_HEADERS = ("accept", "x-trace-id", "content-type")
