@@ -21,6 +21,7 @@ class RequestMetrics:
         self.upstream_count = 0
         self.reloads = {"ok": 0, "failed": 0}
         self.header_timeouts = 0
+        self.bans = {"created": 0, "expired": 0, "lifted": 0}
 
     def observe(self, status: int | None, action: str, upstream_ms: float | None) -> None:
         klass = _STATUS_CLASS[status // 100] if status is not None and 100 <= status < 600 else "none"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,6 +12,22 @@ from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
 import orjson
+
+from proxylog import __version__
+
+# The ECS release these documents follow (checked field by field in tests/test_ecs.py), and
+# the version of proxylog's own layout under `proxylog.*`: bumped when a field moves.
+ECS_VERSION = "9.0.0"
+SCHEMA_VERSION = 2
+RULESET = "proxylog"
+_ECS = {"version": ECS_VERSION}
+OBSERVER: dict[str, str] = {
+    "type": "proxy",
+    "product": "proxylog",
+    "vendor": "proxylog",
+    "version": __version__,
+    "hostname": socket.gethostname(),
+}
 
 
 class Mode(StrEnum):
@@ -89,6 +107,7 @@ class AccessRecord(NamedTuple):
     rules: tuple[RuleHit, ...] = ()
     truncated: tuple[str, ...] = ()
     request_body: Any = None
+    url_port: int | None = None  # the port the client addressed (Host), when it named one
 
 
 def cap_text(value: str, max_bytes: int) -> tuple[str, bool]:
@@ -125,62 +144,110 @@ def _outcome(record: AccessRecord) -> str:
     return "success" if record.status < 400 else "failure"
 
 
+# The captured request headers that have an ECS field of their own under `http.request`.
+# Content-Type has none: ECS's `http.*.mime_type` must come from sniffing the body, never
+# from the header, so captured Content-Type values stay under `proxylog.http`.
+_ECS_REQUEST_HEADERS = {"referer": "referrer"}
+_ACTION_TYPE = {"blocked": "denied", "would_block": "allowed"}
+
+
+def _deciding_rule(record: AccessRecord) -> dict[str, str] | None:
+    """ECS `rule.*` for the rule that reached its threshold on this request, if any."""
+    for hit in record.rules:
+        if hit.count >= hit.threshold:
+            return {"id": hit.id, "name": hit.id, "ruleset": RULESET}
+    return None
+
+
 def to_ecs(record: AccessRecord) -> dict[str, Any]:
-    """The nested ECS document for a record (Elastic/OpenSearch ingest it as is)."""
+    """The nested ECS document for a record (Elastic/OpenSearch ingest it as is): ECS fields
+    where ECS has one, everything else under `proxylog`."""
     request: dict[str, Any] = {
         "id": record.request_id,
         "method": record.method,
         "bytes": record.request_bytes,
         "body": {"bytes": record.request_body_bytes},
     }
+    proxylog: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "mode": record.mode,
+        "enforced": record.enforced,
+    }
     if record.request_headers:
-        request["headers"] = dict(record.request_headers)
+        other = {}
+        for name, value in record.request_headers:
+            if (ecs_name := _ECS_REQUEST_HEADERS.get(name)) is not None:
+                request[ecs_name] = value
+            else:
+                other[name] = value
+        if other:
+            proxylog["http"] = {"request": {"headers": other}}
     if record.request_body is not None:
-        request["body"]["content"] = record.request_body
+        body = record.request_body
+        request["body"]["content"] = body if isinstance(body, str) else orjson.dumps(body).decode()
     http: dict[str, Any] = {"version": record.http_version, "request": request}
     if record.status is not None:
-        response: dict[str, Any] = {
+        http["response"] = {
             "status_code": record.status,
             "bytes": record.response_bytes,
             "body": {"bytes": record.response_body_bytes},
         }
         if record.response_headers:
-            response["headers"] = dict(record.response_headers)
-        http["response"] = response
+            proxylog.setdefault("http", {})["response"] = {"headers": dict(record.response_headers)}
     url: dict[str, Any] = {"path": record.path, "domain": record.domain, "scheme": record.scheme}
     if record.query is not None:
         url["query"] = record.query
-    proxylog: dict[str, Any] = {
-        "mode": record.mode,
-        "enforced": record.enforced,
-        "tags": list(record.tags),
-    }
+        url["original"] = f"{record.path}?{record.query}"
+    else:
+        url["original"] = record.path
+    if record.url_port is not None:
+        url["port"] = record.url_port
     if record.rules:
         proxylog["rules"] = [_hit(h) for h in record.rules]
     if record.upstream_ms is not None:
         proxylog["upstream"] = {"duration_ms": record.upstream_ms}
     if record.truncated:
         proxylog["truncated"] = list(record.truncated)
+    categories, types = ["web"], ["access"]
+    if (decision := _ACTION_TYPE.get(record.action)) is not None:
+        categories.append("intrusion_detection")
+        types.append(decision)
+    if record.error_type is not None:
+        types.append("error")
+    event: dict[str, Any] = {
+        "kind": "event",
+        "category": categories,
+        "type": types,
+        "action": record.action,
+        "outcome": _outcome(record),
+        "duration": record.duration_ns,
+        "dataset": "proxylog.access",
+        "module": "proxylog",
+    }
+    client: dict[str, Any] = {"ip": record.client_ip}
     doc: dict[str, Any] = {
         "@timestamp": format_timestamp(record.timestamp),
-        "event": {
-            "kind": "event",
-            "category": ["web"],
-            "type": ["access"],
-            "action": record.action,
-            "outcome": _outcome(record),
-            "duration": record.duration_ns,
-        },
+        "ecs": _ECS,
+        "event": event,
         "http": http,
         "url": url,
-        "client": {"ip": record.client_ip},
+        "client": client,
         "source": {"ip": record.source_ip, "port": record.source_port},
-        "proxylog": proxylog,
     }
+    if record.client_ip == record.source_ip:
+        client["port"] = record.source_port
+    else:  # the peer is a trusted proxy that named the client
+        doc["network"] = {"forwarded_ip": record.client_ip}
     if record.user_agent is not None:
         doc["user_agent"] = {"original": record.user_agent}
     if record.error_type is not None:
         doc["error"] = {"type": record.error_type, "message": record.error_message or ""}
+    if (rule := _deciding_rule(record)) is not None:
+        doc["rule"] = rule
+    if record.tags:
+        doc["tags"] = list(record.tags)
+    doc["observer"] = OBSERVER
+    doc["proxylog"] = proxylog
     return doc
 
 
@@ -222,10 +289,107 @@ def encode_record(record: AccessRecord, schema: Schema = "nested") -> bytes:
     return encode_document(to_ecs(record), schema)
 
 
-def event_document(action: str, category: str, ts: float | None = None, **proxylog: Any) -> dict[str, Any]:
-    """A non-access event in the same stream (dropped markers, audits, alerts)."""
+# action → (event.kind, event.type, event.dataset) of the events proxylog writes beside
+# access records; an `audit.*` action is an audit.
+_EVENTS: dict[str, tuple[str, str, str]] = {
+    "alert": ("alert", "info", "proxylog.alert"),
+    "records_dropped": ("event", "info", "proxylog.delivery"),
+    "records_quarantined": ("event", "info", "proxylog.delivery"),
+    "sink_recovered": ("event", "info", "proxylog.delivery"),
+    "integrity_chain_start": ("event", "start", "proxylog.integrity"),
+    "integrity_chain_end": ("event", "end", "proxylog.integrity"),
+}
+_AUDIT = ("event", "change", "proxylog.audit")
+_OTHER = ("event", "info", "proxylog.event")
+# Keys under `proxylog.*` that hold a point in time: written as RFC 3339 dates, like @timestamp.
+DATE_KEYS = frozenset({"ts", "since", "until", "expires"})
+# Alert kinds whose key is a client address (ECS `client.ip`) and whose rule is a rule id.
+_CLIENT_ALERTS = frozenset({"rule_fired", "ban"})
+
+
+def _with_dates(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with every epoch number under a DATE_KEYS name turned into an RFC 3339 date."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            value = _with_dates(value)
+        elif key in DATE_KEYS and isinstance(value, int | float) and not isinstance(value, bool):
+            value = format_timestamp(value)
+        out[key] = value
+    return out
+
+
+def _base(ts: float | None, event: dict[str, Any], proxylog: dict[str, Any]) -> dict[str, Any]:
     return {
         "@timestamp": format_timestamp(time.time() if ts is None else ts),
-        "event": {"kind": "event", "category": [category], "action": action},
-        "proxylog": proxylog,
+        "ecs": _ECS,
+        "event": {**event, "module": "proxylog"},
+        "observer": OBSERVER,
+        "proxylog": {"schema_version": SCHEMA_VERSION, **_with_dates(proxylog)},
     }
+
+
+def event_document(action: str, category: str, ts: float | None = None, **proxylog: Any) -> dict[str, Any]:
+    """A non-access event in the same stream (markers, audits, alerts, integrity seals): its
+    ECS kind, type and dataset come from the action; its own fields go under `proxylog`,
+    times as dates."""
+    kind, type_, dataset = _AUDIT if action.startswith("audit.") else _EVENTS.get(action, _OTHER)
+    event: dict[str, Any] = {"kind": kind, "category": [category], "type": [type_], "action": action}
+    event["dataset"] = dataset
+    doc = _base(ts, event, proxylog)
+    audit = proxylog.get("audit")
+    if isinstance(audit, dict) and isinstance(audit.get("ok"), bool):
+        event["outcome"] = "success" if audit["ok"] else "failure"
+    alert = proxylog.get("alert")
+    if action == "alert" and isinstance(alert, dict) and alert.get("kind") in _CLIENT_ALERTS:
+        if is_ip(alert.get("key")):
+            doc["client"] = {"ip": alert["key"]}
+        if isinstance(alert.get("rule"), str):
+            doc["rule"] = {"id": alert["rule"], "name": alert["rule"], "ruleset": RULESET}
+    return doc
+
+
+def ban_document(
+    action: Literal["ban", "unban"],
+    key: str,
+    rule: str,
+    ts: float,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    **proxylog: Any,
+) -> dict[str, Any]:
+    """A ban imposed (`ban`) or ended (`unban`, lifted or expired) as an ECS event: the banned
+    address in `client.ip` (a CIDR stays in `proxylog.ban.key` only), the rule in `rule.*`,
+    the ban's span in `event.start`/`event.end` (for an unban, `event.end` is when it ended and
+    `proxylog.ban.until` when it was due to)."""
+    types = ["denied", "start"] if action == "ban" else ["allowed", "end"]
+    event: dict[str, Any] = {
+        "kind": "event",
+        "category": ["intrusion_detection", "network"],
+        "type": types,
+        "action": action,
+        "dataset": "proxylog.ban",
+    }
+    if since is not None:
+        event["start"] = format_timestamp(since)
+    end = until if action == "ban" else ts  # when the ban runs out; when it ended
+    if end is not None:
+        event["end"] = format_timestamp(end)
+    ban = {"key": key, "rule": rule, "since": since, "until": until, **proxylog}
+    doc = _base(ts, event, {"ban": {name: value for name, value in ban.items() if value is not None}})
+    if is_ip(key):
+        doc["client"] = {"ip": key}
+    doc["rule"] = {"id": rule, "name": rule, "ruleset": RULESET}
+    return doc
+
+
+def is_ip(value: object) -> bool:
+    """Whether `value` is a single IP address (not a CIDR, not a name)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True

@@ -23,7 +23,15 @@ from proxylog.config.secrets import read_secret
 from proxylog.config.sinks import SinkSpec
 from proxylog.identity import TrustedProxies
 from proxylog.metrics import RequestMetrics
-from proxylog.record import MODES, AccessRecord, Mode, encode_document, encode_record, event_document
+from proxylog.record import (
+    MODES,
+    AccessRecord,
+    Mode,
+    ban_document,
+    encode_document,
+    encode_record,
+    event_document,
+)
 from proxylog.redact import Redactor
 from proxylog.redact.bodies import BodyParser, build_body_parser
 from proxylog.rules import RuleEngine, RuleEvent
@@ -154,7 +162,13 @@ class Runtime:
         self._submit(encode_record(record, self.config.record.schema))
 
     def emit_document(self, doc: dict[str, Any]) -> None:
-        """Queue a non-access event (marker, audit, alert) on every sink."""
+        """Queue a non-access event (marker, audit, alert, ban) on every sink; with
+        `redact.anonymize_ip` its client address is anonymised like a record's."""
+        if self.redactor.spec.anonymize_ip and isinstance(client := doc.get("client"), dict):
+            client["ip"] = self.redactor.anonymize_ip(client["ip"])
+            alert = doc["proxylog"].get("alert")
+            if isinstance(alert, dict) and isinstance(alert.get("key"), str):
+                alert["key"] = self.redactor.anonymize_ip(alert["key"])
         self._submit(encode_document(doc, self.config.record.schema))
 
     def _submit(self, line: bytes) -> None:
@@ -409,6 +423,8 @@ class Runtime:
             worker.reopen()
 
     def _on_rule_event(self, event: RuleEvent) -> None:
+        if event.kind != "rule_fired":
+            self._emit_ban(event)
         # Alert on what needs a human: a rule first firing for a key, and bans; a ban's end
         # resolves its alert on channels that send resolves.
         alerts = self.alerts
@@ -431,6 +447,19 @@ class Runtime:
             enforced=blocks and mode == Mode.ENFORCE,
             until=event.until,
         )
+
+    def _emit_ban(self, event: RuleEvent) -> None:
+        """A ban imposed or ended, into the stream of every sink (alerts or not)."""
+        key = self.redactor.anonymize_ip(event.key) if self.redactor.spec.anonymize_ip else event.key
+        if event.kind == "ban":
+            self.metrics.bans["created"] += 1
+            extra = {"count": event.count, "threshold": event.threshold} if event.threshold else {}
+            doc = ban_document("ban", key, event.rule, event.ts, since=event.ts, until=event.until, **extra)
+        else:
+            ended = "expired" if event.until is not None and event.ts >= event.until else "lifted"
+            self.metrics.bans[ended] += 1
+            doc = ban_document("unban", key, event.rule, event.ts, until=event.until, ended=ended)
+        self.emit_document(doc)
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ def test_ecs_document_shape() -> None:
     assert doc["@timestamp"] == "2023-11-14T22:13:20.500000Z"
     assert doc["url"]["query"] == "a=1"
     assert doc["http"]["response"]["status_code"] == 404
-    assert doc["http"]["request"]["headers"] == {"referer": "x"}
+    assert doc["http"]["request"]["referrer"] == "x"
     assert doc["event"]["outcome"] == "failure"
     assert doc["proxylog"]["rules"] == [{"id": "probe", "count": 11, "threshold": 10, "window_s": 60.0}]
     assert doc["proxylog"]["upstream"] == {"duration_ms": 1.5}
@@ -68,7 +68,7 @@ def test_flat_schema_uses_dotted_keys() -> None:
     """schema: flat turns nesting into dotted keys."""
     doc = orjson.loads(encode_record(make_record(request_headers=(("referer", "r"),)), "flat"))
     assert doc["url.path"] == "/"
-    assert doc["http.request.headers.referer"] == "r"
+    assert doc["http.request.referrer"] == "r"
     assert doc["client.ip"] == "203.0.113.7"
     assert not any(isinstance(v, dict) for v in doc.values())
 

@@ -136,6 +136,12 @@ class Config:
     state_dir: str = field(default_factory=lambda: default_state_dir())
     source: str | None = None
 
+    def __post_init__(self) -> None:
+        # A sink writes its own events (loss markers, chain seals) in the records' schema.
+        if any(spec.schema != self.record.schema for spec in self.sinks):
+            sinks = tuple(replace(spec, schema=self.record.schema) for spec in self.sinks)
+            object.__setattr__(self, "sinks", sinks)
+
     @property
     def control_socket(self) -> str:
         """The control socket path: `control.socket`, else ``<state_dir>/control.sock``."""

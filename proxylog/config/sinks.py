@@ -54,6 +54,8 @@ class SinkSpec:
     spool_max: int = 256 * 1024**2
     quarantine: str | None = None  # file; None: <state_dir>/quarantine/<name>.ndjson
     retry: RetrySpec = field(default_factory=RetrySpec)
+    # `record.schema`, set by Config: the sink's own events (markers, seals) follow it too
+    schema: Literal["nested", "flat"] = "nested"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

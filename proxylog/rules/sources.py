@@ -101,10 +101,14 @@ def _dig(doc: dict[str, Any], dotted: str) -> Any:
 
 
 def _record_headers(doc: dict[str, Any]) -> set[str]:
-    nested = _dig(doc, "http.request.headers")
-    names = set(nested) if isinstance(nested, dict) else set()
-    prefix = "http.request.headers."
-    names.update(key[len(prefix) :] for key in doc if key.startswith(prefix))
+    """The request header names a record captured: ECS `http.request.referrer`, the rest
+    under `proxylog.http.request.headers` (or `http.request.headers`, schema_version 1)."""
+    names = {"referer"} if _dig(doc, "http.request.referrer") is not None else set()
+    for where in ("proxylog.http.request.headers", "http.request.headers"):
+        nested = _dig(doc, where)
+        names.update(nested if isinstance(nested, dict) else ())
+        prefix = where + "."
+        names.update(key[len(prefix) :] for key in doc if key.startswith(prefix))
     return names
 
 

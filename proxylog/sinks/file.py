@@ -81,7 +81,7 @@ class FileSink:
         chain = None
         if spec.integrity is not None:
             key = read_key(spec.integrity.key_file, f"sinks[{spec.name}].integrity.key_file")
-            chain = Chain(key, spec.name)
+            chain = Chain(key, spec.name, spec.schema)
         return cls(spec.name, spec.path, rotate=spec.rotate, fsync=spec.fsync, chain=chain)
 
     def _period_of(self, ts: float) -> int | None:

@@ -2,7 +2,11 @@
 
 Every line a chained file sink writes gets a suffix before its closing brace::
 
-    {...,"integrity":{"seq":42,"prev":"<mac of seq 41>","mac":"<mac of this line>"}}
+    {...,"proxylog.integrity.seq":42,"proxylog.integrity.prev":"<mac of seq 41>",
+         "proxylog.integrity.mac":"<mac of this line>"}      (one line)
+
+dotted keys, so the suffix is the same on nested and flat records and lands under
+`proxylog.integrity.*` either way (Elasticsearch and OpenSearch expand dotted names).
 
 where ``mac`` is HMAC-SHA256 (truncated to 128 bits) over the sequence number, ``prev`` and
 the record as it was before the suffix. A line therefore authenticates itself (an edit
@@ -24,7 +28,7 @@ from typing import Any
 import orjson
 
 from proxylog.config.secrets import read_key as read_secret_key
-from proxylog.record import encode_document, event_document
+from proxylog.record import Schema, encode_document, event_document
 
 DOMAIN = b"proxylog-chain-v1\x00"
 MAC_BYTES = 16
@@ -33,6 +37,11 @@ START = "integrity_chain_start"
 END = "integrity_chain_end"
 MIN_KEY_BYTES = 16
 _SUFFIX = re.compile(
+    rb',?"proxylog\.integrity\.seq":(\d{1,19}),"proxylog\.integrity\.prev":"([0-9a-f]{32})",'
+    rb'"proxylog\.integrity\.mac":"([0-9a-f]{32})"\}\n?\Z'
+)
+# The suffix of proxylog.schema_version 1 (a top-level `integrity` object): still verified.
+_LEGACY_SUFFIX = re.compile(
     rb',?"integrity":\{"seq":(\d{1,19}),"prev":"([0-9a-f]{32})","mac":"([0-9a-f]{32})"\}\}\n?\Z'
 )
 
@@ -52,16 +61,13 @@ def compute_mac(key: bytes, seq: int, prev: str, record: bytes) -> str:
     return hmac.new(key, message, hashlib.sha256).digest()[:MAC_BYTES].hex()
 
 
+_TAIL = b'"proxylog.integrity.seq":%d,"proxylog.integrity.prev":"%s","proxylog.integrity.mac":"%s"}\n'
+
+
 def _attach(record: bytes, seq: int, prev: str, mac: str) -> bytes:
     body = record[:-1]  # drop the closing brace
     comma = b"" if body.rstrip() == b"{" else b","
-    return b'%s%s"integrity":{"seq":%d,"prev":"%s","mac":"%s"}}\n' % (
-        body,
-        comma,
-        seq,
-        prev.encode(),
-        mac.encode(),
-    )
+    return body + comma + _TAIL % (seq, prev.encode(), mac.encode())
 
 
 @dataclass(slots=True)
@@ -76,9 +82,10 @@ class Chain:
     """Links lines into the chain for one file sink. `link` is pure (returns the bytes and
     the state after them); the sink calls `commit` only once the bytes are on disk."""
 
-    def __init__(self, key: bytes, sink: str) -> None:
+    def __init__(self, key: bytes, sink: str, schema: Schema = "nested") -> None:
         self.key = key
         self.sink = sink
+        self.schema: Schema = schema
         self.key_id = key_id(key)
         self.state = ChainState()
 
@@ -102,7 +109,7 @@ class Chain:
     def boundary(self, action: str, **fields: Any) -> bytes:
         """A chain start or end record for this sink (to be passed through `link`)."""
         doc = event_document(action, "process", sink=self.sink, integrity={"key_id": self.key_id, **fields})
-        return encode_document(doc)
+        return encode_document(doc, self.schema)
 
     def resume(self, path: str) -> int:
         """Continue the chain from the last line of an existing file at `path`; returns the
@@ -151,7 +158,7 @@ class ParsedLine:
 
 def parse_line(line: bytes) -> ParsedLine | None:
     """Split a chained line, or None when it does not end in an integrity suffix."""
-    match = _SUFFIX.search(line)
+    match = _SUFFIX.search(line) or _LEGACY_SUFFIX.search(line)
     if match is None:
         return None
     record = line[: match.start()] + b"}"
@@ -275,4 +282,4 @@ def verify(paths: Sequence[str], key: bytes | None, *, allow_open: bool = False)
 
 
 def _has_complete_suffix(raw: bytes) -> bool:
-    return re.search(rb'"mac":"[0-9a-f]{32}"\}\}', raw) is not None
+    return re.search(rb'"(?:proxylog\.integrity\.)?mac":"[0-9a-f]{32}"\}', raw) is not None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxylog.config.sinks import SinkSpec
-from proxylog.record import encode_document, event_document
+from proxylog.record import Schema, encode_document, event_document
 from proxylog.sinks.base import SinkStats
 from proxylog.sinks.fsio import append_private
 from proxylog.sinks.spool import spool_dir_name
@@ -50,9 +50,15 @@ class LossLedger:
     outages, but never counts records as written."""
 
     def __init__(
-        self, name: str, stats: SinkStats, clock: Callable[[], float], quarantine_path: str | None
+        self,
+        name: str,
+        stats: SinkStats,
+        clock: Callable[[], float],
+        quarantine_path: str | None,
+        schema: Schema = "nested",
     ) -> None:
         self.name = name
+        self.schema: Schema = schema
         self.stats = stats
         self.quarantine_path = quarantine_path
         self._clock = clock
@@ -114,7 +120,7 @@ class LossLedger:
         return [line for line, _ in lines], receipt
 
     def _marker(self, action: str, now: float, **fields: Any) -> bytes:
-        line = encode_document(event_document(action, "process", now, sink=self.name, **fields))
+        line = encode_document(event_document(action, "process", now, sink=self.name, **fields), self.schema)
         self._in_flight.add(line)
         return line
 

@@ -80,7 +80,9 @@ class SinkWorker:
             if spool is None
             else Overflow(spec.name, spool, self._queue, self._order, self.stats, spec.batch)
         )
-        self._ledger = LossLedger(spec.name, self.stats, clock, quarantine_path_for(spec, state_dir))
+        self._ledger = LossLedger(
+            spec.name, self.stats, clock, quarantine_path_for(spec, state_dir), spec.schema
+        )
         self._wakeup = threading.Event()
         self._pump_wakeup = threading.Event()
         self._stopping = threading.Event()

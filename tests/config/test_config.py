@@ -43,7 +43,8 @@ def test_a_full_core_config_parses() -> None:
     assert (config.limits.body_size, config.limits.stream_threshold) == (10 * 1024**2, 64 * 1024)
     assert config.record.headers == ("referer", "x-forwarded-for")
     assert config.record.max_field_bytes == 8192
-    assert config.sinks[1] == FileSpec(type="file", name="file:/tmp/a.jsonl", path="/tmp/a.jsonl", queue=50)
+    file_spec = FileSpec(type="file", name="file:/tmp/a.jsonl", path="/tmp/a.jsonl", queue=50, schema="flat")
+    assert config.sinks[1] == file_spec
 
 
 def test_an_empty_file_means_defaults() -> None:

@@ -130,7 +130,7 @@ def test_allowlist_always_wins(start_proxylog, prefix: str) -> None:
     proxy = start_proxylog({"rules": PROBE_RULES, "allow": ["127.0.0.0/8"]}, args=["--enforce"])
     assert [request(proxy.url, f"{prefix}/secret").status for _ in range(5)] == [200] * 5
     access = proxy.access(count=5)
-    assert all(r["event"]["action"] == "allowed" and not r["proxylog"]["tags"] for r in access)
+    assert all(r["event"]["action"] == "allowed" and not r.get("tags") for r in access)
 
 
 def test_behind_a_balancer_only_the_real_client_is_banned(start_proxylog, puma: Puma, prefix: str) -> None:
@@ -149,5 +149,5 @@ def test_behind_a_balancer_only_the_real_client_is_banned(start_proxylog, puma: 
     assert records[0]["client"]["ip"] == "203.0.113.9"
     unresolved = [r for r in records if r["client"]["ip"] == "127.0.0.1"]
     assert len(unresolved) == 3
-    assert all("unresolved-client" in r["proxylog"]["tags"] for r in unresolved)
+    assert all("unresolved-client" in r.get("tags", []) for r in unresolved)
     assert [ban["key"] for ban in ctl_json(proxy, "bans")["bans"]] == ["203.0.113.9"]

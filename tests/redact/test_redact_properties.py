@@ -35,8 +35,8 @@ HASH_ENV = "PROXYLOG_PROPERTY_HASH_KEY"
 CREDENTIALS = (*CREDENTIAL_HEADERS, "x-session-token", "x-shop-secret")
 BENIGN_HEADERS = ("accept", "x-trace-id", "content-type")
 CAPTURED = (*CREDENTIALS, "cookie", "referer", *BENIGN_HEADERS)
-NAME_REDACTED = {f"http.request.headers.{h}" for h in (*CREDENTIALS, "cookie")} | {
-    "http.response.headers.set-cookie"
+NAME_REDACTED = {f"proxylog.http.request.headers.{h}" for h in (*CREDENTIALS, "cookie")} | {
+    "proxylog.http.response.headers.set-cookie"
 }
 SECRET_KEYS = (
     "password",

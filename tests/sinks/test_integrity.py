@@ -54,7 +54,7 @@ def test_a_sealed_chain_verifies(tmp_path: Path, key_file: Path, capsys: pytest.
     records = [orjson.loads(x) for x in path.read_bytes().splitlines()]
     assert records[0]["event"]["action"] == "integrity_chain_start"
     assert records[-1]["event"]["action"] == "integrity_chain_end"
-    assert records[1]["seq_sent"] == 0 and records[1]["integrity"]["seq"] == 2
+    assert records[1]["seq_sent"] == 0 and records[1]["proxylog.integrity.seq"] == 2
 
 
 def test_the_chain_continues_across_rotation_reopen_and_restart(tmp_path: Path, key_file: Path) -> None:

@@ -18,6 +18,7 @@ from proxylog.config import load_config
 from proxylog.runtime import Runtime
 from proxylog.sinks import SinkWorker
 from tests._http import request
+from tests._records import request_headers
 from tests.conftest import free_port
 from tests.ops.test_control import ctl, documents
 
@@ -45,7 +46,7 @@ def test_a_reload_that_cannot_start_a_sink_changes_nothing(tmp_path: Path, start
     assert "token_file" in result.stderr and "unchanged" in result.stderr
     request(proxy.url, "/still-old", headers=[("Referer", "https://r.example/")])
     [record] = [r for r in proxy.access(count=1) if r["url"]["path"] == "/still-old"]
-    assert record["http"]["request"]["headers"] == {"referer": "https://r.example/"}
+    assert request_headers(record) == {"referer": "https://r.example/"}
     [audit] = documents(proxy, "audit.reload")
     assert audit["proxylog"]["audit"]["ok"] is False
     assert "token_file" in audit["proxylog"]["audit"]["error"]
