@@ -37,7 +37,9 @@ def test_one_record_per_request_with_the_fields_that_matter(start_proxylog) -> N
     assert len(records) == 3
     first = records_for(records, ok.headers["X-Request-Id"])[0]
     assert first["http"]["request"]["method"] == "GET"
-    assert first["url"] == {"path": "/hello", "query": "a=1", "domain": "127.0.0.1", "scheme": "http"}
+    assert first["url"] == {
+        "path": "/hello", "query": "a=1", "original": "/hello?a=1", "domain": "127.0.0.1", "scheme": "http"
+    }
     assert first["http"]["response"]["status_code"] == 200
     assert first["http"]["response"]["body"]["bytes"] == len(ok.body)
     assert request_headers(first) == {"referer": "https://r.example/"}
