@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8080
 UPSTREAM_PORT ?= 3000
-DEB_PACKAGES ?= puma ruby-rack rsyslog rsyslog-openssl curl redis-server nginx-light wrk
+DEB_PACKAGES ?= puma ruby-rack rsyslog rsyslog-openssl curl redis-server nginx-light wrk systemd logrotate
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The first interpreter >= 3.12 found: $(PYTHON), python3, python3.13/3.12, then pyenv's.

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import yaml
 
-from proxylog.config import Config, ConfigError, parse_host_port
+from proxylog.config import ConfigError, default_state_dir, parse_host_port, runtime_directory
 from proxylog.config.secrets import read_secret
 
 EXIT_OK = 0
@@ -90,9 +90,17 @@ def register(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ctl.add_argument(
-        "--socket", metavar="PATH", help="control socket (default: from --config, else the default)"
+        "--socket",
+        metavar="PATH",
+        help="control socket (default: where `serve` would put it, then /run/proxylog and "
+        "/var/lib/proxylog)",
     )
-    ctl.add_argument("--config", "-c", metavar="FILE", help="find the socket from this config file")
+    ctl.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="talk to the proxylog serving this config file (refused if the socket found serves another)",
+    )
     ctl.add_argument("--tcp", metavar="HOST:PORT", help="use the loopback TCP control port instead")
     ctl.add_argument(
         "--token-file", metavar="FILE", help="bearer token for --tcp (or $PROXYLOG_CONTROL_TOKEN)"
@@ -133,21 +141,74 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
     raise argparse.ArgumentTypeError(f"`{args.command} {' '.join(rest)}`: wrong arguments (see --help)")
 
 
-def socket_from_config(path: str) -> str:
-    """The control socket a config file points at. Only `control.socket` and `state_dir` are
-    read, so `ctl --config FILE reload` still works after the rest of the file was broken."""
+# Where a systemd unit with RuntimeDirectory=/StateDirectory=proxylog puts the socket, for a
+# `proxylog ctl` run from a shell, which has neither variable.
+SYSTEMD_SOCKETS = ("/run/proxylog/control.sock", "/var/lib/proxylog/control.sock")
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f.read()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError("", f"cannot read {path} to find the control socket ({e}); pass --socket") from e
-    control = data.get("control") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def socket_from_config(path: str) -> str:
+    """The control socket a config file names (`control.socket`, or `state_dir`), else the
+    default. Only those keys are read, so `ctl --config FILE reload` still works after the
+    rest of the file was broken."""
+    return sockets_for(path)[0]
+
+
+def sockets_for(config_path: str | None) -> list[str]:
+    """Where the instance serving `config_path` (None: any) may listen, most likely first:
+    what the file names; else what `serve` would choose here (``$RUNTIME_DIRECTORY``,
+    ``$STATE_DIRECTORY``, the default state directory), then the systemd unit's directories."""
+    data = _read_yaml(config_path) if config_path else {}
+    control = data.get("control")
     if isinstance(control, dict) and isinstance(socket_path := control.get("socket"), str):
-        return os.path.expanduser(socket_path)
-    state_dir = data.get("state_dir") if isinstance(data, dict) else None
+        return [os.path.expanduser(socket_path)]
+    found = []
+    if runtime := runtime_directory():
+        found.append(os.path.join(runtime, "control.sock"))
+    state_dir = data.get("state_dir")
     if isinstance(state_dir, str):
-        return os.path.join(os.path.expanduser(state_dir), "control.sock")
-    return Config().control_socket
+        found.append(os.path.join(os.path.expanduser(state_dir), "control.sock"))
+    else:
+        found.append(os.path.join(default_state_dir(), "control.sock"))
+    found += SYSTEMD_SOCKETS
+    return list(dict.fromkeys(found))
+
+
+class WrongInstance(Exception):
+    """Every proxylog reachable runs another config than the one `--config` names."""
+
+
+def find_instance(config_path: str | None, candidates: list[str]) -> ControlClient:
+    """A client for the first candidate socket whose proxylog answers and (with
+    `config_path`) runs that config. Raises WrongInstance when only other configs' instances
+    answer, OSError when none does."""
+    wanted = os.path.realpath(config_path) if config_path else None
+    others = []
+    for path in candidates:
+        if not os.path.exists(path):
+            continue
+        client = ControlClient(socket_path=path, timeout=5.0)
+        try:
+            _, status = client.call("GET", "/status")
+        except (OSError, http.client.HTTPException, orjson.JSONDecodeError):
+            continue
+        running = status.get("config_path") or status.get("config")
+        if wanted is None or running == wanted:
+            return ControlClient(socket_path=path)
+        others.append(f"{path} serves {running or '(no config file)'}")
+    if others:
+        raise WrongInstance(
+            f"no proxylog serving {wanted} answers; " + "; ".join(others) + " (pass --socket to pick one)"
+        )
+    raise OSError(f"no proxylog answers at {', '.join(candidates)}")
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
@@ -155,8 +216,10 @@ def _client(args: argparse.Namespace) -> ControlClient:
         env = "PROXYLOG_CONTROL_TOKEN"
         token = read_secret(args.token_file, env, "", file_key="--token-file", env_key=env)
         return ControlClient(tcp=parse_host_port(args.tcp), token=token)
-    path = args.socket or (socket_from_config(args.config) if args.config else Config().control_socket)
-    return ControlClient(socket_path=path)
+    if args.socket and not args.config:
+        return ControlClient(socket_path=args.socket)
+    candidates = [args.socket] if args.socket else sockets_for(args.config)
+    return find_instance(args.config, candidates)
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
@@ -170,6 +233,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as e:
         print(f"proxylog ctl: {e}", file=sys.stderr)
         return 2
+    except (WrongInstance, OSError) as e:
+        print(f"proxylog ctl: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     try:
         status, payload = client.call(method, path, body)
     except (OSError, http.client.HTTPException, orjson.JSONDecodeError) as e:

@@ -144,12 +144,18 @@ class Config:
 
     @property
     def control_socket(self) -> str:
-        """The control socket path: `control.socket`, else ``<state_dir>/control.sock``."""
-        return self.control.socket or os.path.join(self.state_dir, "control.sock")
+        """The control socket path: `control.socket`, else ``control.sock`` in systemd's
+        ``$RUNTIME_DIRECTORY`` when set, else in `state_dir`."""
+        return self.control.socket or os.path.join(runtime_directory() or self.state_dir, "control.sock")
 
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with command-line overrides applied (None values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def runtime_directory() -> str | None:
+    """systemd's ``$RUNTIME_DIRECTORY`` (its first entry), if the service has one."""
+    return os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
 
 
 def default_state_dir() -> str:

@@ -57,6 +57,8 @@ async def _status(server: ControlServer, request: Request, args: dict[str, Any])
         "mode": runtime.mode,
         "uptime_s": round(runtime.clock() - runtime.started, 1),
         "config": runtime.config.source,
+        # absolute, so `proxylog ctl --config` can tell whether this is the instance it means
+        "config_path": os.path.realpath(runtime.config.source) if runtime.config.source else None,
         "bans": len(runtime.engine.bans()),
         "state": runtime.store.stats(),
         "sinks": [
