@@ -61,7 +61,7 @@ async def serve(
     plane = build_plane(runtime)
     runtime.hooks.validate.append(serving_engine)
     control = ControlServer(runtime, extra_status=lambda: {"inflight": plane.inflight, "engine": plane.name})
-    metrics = MetricsServer(runtime)
+    metrics = MetricsServer(runtime, inflight=lambda: plane.inflight)
     try:
         await control.start()
         await metrics.start()

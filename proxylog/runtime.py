@@ -155,7 +155,14 @@ class Runtime:
 
     def emit(self, record: AccessRecord) -> None:
         """Count a record, redact it, encode it once and queue it on every sink."""
-        self.metrics.observe(record.status, record.action, record.upstream_ms)
+        self.metrics.observe(
+            record.status,
+            record.action,
+            record.upstream_ms,
+            record.duration_ns,
+            record.request_bytes,
+            record.response_bytes,
+        )
         record = self.redactor(record)
         if self.alerts is not None:
             self.alerts.witness(record.client_ip, record.path, record.timestamp)

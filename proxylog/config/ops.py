@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proxylog.config.reader import Node
 
@@ -25,19 +25,28 @@ class ControlSpec:
 
 @dataclass(frozen=True, slots=True)
 class MetricsSpec:
-    """Prometheus exposition on a loopback port; off when `listen` is None."""
+    """Prometheus exposition (``GET``/``HEAD /metrics``); off when `listen` is None. Loopback
+    only, unless `public` is set, which also needs a bearer token for scrapers."""
 
     listen: tuple[str, int] | None = None
+    public: bool = False
+    token_file: str | None = None
+    token_env: str | None = None
 
 
-def _loopback(node: Node) -> tuple[str, int]:
-    host, port = node.host_port()
+def _is_loopback(host: str) -> bool:
     try:
-        loopback = ipaddress.ip_address(host or "0.0.0.0").is_loopback
+        return ipaddress.ip_address(host or "0.0.0.0").is_loopback
     except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
-        node.fail(f"must be a loopback address (127.0.0.1 or [::1]), got {host or 'all interfaces'!r}")
+        return host == "localhost"
+
+
+def _loopback(node: Node, hint: str = "") -> tuple[str, int]:
+    host, port = node.host_port()
+    if not _is_loopback(host):
+        node.fail(
+            f"must be a loopback address (127.0.0.1 or [::1]), got {host or 'all interfaces'!r}{hint}"
+        )
     return host, port
 
 
@@ -58,5 +67,20 @@ def parse_control(node: Node) -> ControlSpec:
 
 
 def parse_metrics(node: Node) -> MetricsSpec:
-    fields = node.fields({"listen"})
-    return MetricsSpec(listen=_loopback(listen) if (listen := fields.get("listen")) else None)
+    fields = node.fields({"listen", "public", "token_file", "token_env"})
+    public = p.boolean() if (p := fields.get("public")) else False
+    spec = MetricsSpec(
+        public=public,
+        token_file=token.string() if (token := fields.get("token_file")) else None,
+        token_env=env.string() if (env := fields.get("token_env")) else None,
+    )
+    listen = fields.get("listen")
+    if listen is None:
+        return spec
+    if not public:
+        hint = " (set `metrics.public: true` and a token to serve a central Prometheus)"
+        return replace(spec, listen=_loopback(listen, hint))
+    if not (spec.token_file or spec.token_env):
+        node.fail("`public: true` needs `token_file` or `token_env`: scrapers must send a bearer token")
+    return replace(spec, listen=listen.host_port())
+

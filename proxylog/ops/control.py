@@ -25,8 +25,10 @@ from proxylog import __version__
 from proxylog.config import parse_duration
 from proxylog.config.secrets import read_secret
 from proxylog.ops.httpserver import Request, Response, connection_handler
-from proxylog.ops.prometheus import build_registry, exposition
+from proxylog.ops.prometheus import MetricsServer
 from proxylog.runtime import Runtime
+
+__all__ = ["COMMANDS", "ControlServer", "MetricsServer"]
 
 logger = logging.getLogger("proxylog.ops.control")
 
@@ -295,32 +297,3 @@ def _socket_alive(path: str) -> bool:
         except OSError:
             return False
         return True
-
-
-class MetricsServer:
-    """Prometheus text exposition on ``GET /metrics`` at a loopback address."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.registry = build_registry(runtime)
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        listen = self.runtime.config.metrics.listen
-        if listen is not None:
-            serve = connection_handler(self.handle, _peer_credentials)
-            self._server = await asyncio.start_server(serve, listen[0], listen[1])
-
-    @property
-    def port(self) -> int | None:
-        return self._server.sockets[0].getsockname()[1] if self._server else None
-
-    async def handle(self, request: Request) -> Response:
-        if (request.method, request.path) != ("GET", "/metrics"):
-            return Response(404, b"only GET /metrics here\n", "text/plain")
-        return Response(200, exposition(self.registry), "text/plain; version=0.0.4; charset=utf-8")
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None

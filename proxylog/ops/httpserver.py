@@ -100,7 +100,8 @@ def connection_handler(
                 f"Content-Type: {response.content_type}\r\nContent-Length: {len(response.body)}\r\n"
                 "Connection: close\r\n\r\n"
             ).encode()
-            writer.write(head + response.body)
+            head_only = not isinstance(parsed, Response) and parsed[0] == "HEAD"
+            writer.write(head if head_only else head + response.body)
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass

@@ -1,13 +1,17 @@
 """The Prometheus exposition: read from the live runtime when Prometheus scrapes, so metrics
 cost nothing between scrapes. Labels carry only config-defined names (rule ids, sink names),
-never request data."""
+never request data. The server answers ``GET`` and ``HEAD /metrics``, on loopback unless
+`metrics.public`, which requires a bearer token."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import hmac
+import platform
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -16,22 +20,66 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import generate_latest
 
+from proxylog import __version__
+from proxylog.config.secrets import read_secret
 from proxylog.diagnostics import dropped_log_lines
 from proxylog.metrics import UPSTREAM_BUCKETS
+from proxylog.ops.httpserver import Request, Response, connection_handler
 
 if TYPE_CHECKING:
     from proxylog.runtime import Runtime
 
 
-class RuntimeCollector:
-    """A prometheus-client collector reading the runtime at scrape time."""
+def _histogram(name: str, doc: str, counts: list[int], total: float) -> HistogramMetricFamily:
+    cumulative, running = [], 0
+    for bound, count in zip((*UPSTREAM_BUCKETS, float("inf")), counts, strict=True):
+        running += count
+        cumulative.append((str(bound) if bound != float("inf") else "+Inf", running))
+    return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=total)
 
-    def __init__(self, runtime: Runtime) -> None:
+
+class RuntimeCollector:
+    """A prometheus-client collector reading the runtime at scrape time; `inflight` reads the
+    data plane's requests in progress (None: not reported)."""
+
+    def __init__(self, runtime: Runtime, inflight: Callable[[], int] | None = None) -> None:
         self.runtime = runtime
+        self.inflight = inflight
 
     def collect(self) -> Iterator[Metric]:
         runtime = self.runtime
         metrics = runtime.metrics
+        info = GaugeMetricFamily(
+            "proxylog_build_info",
+            "proxylog's version and Python (always 1).",
+            labels=["version", "python", "engine"],
+        )
+        info.add_metric([__version__, platform.python_version(), runtime.config.engine], 1.0)
+        yield info
+        if self.inflight is not None:
+            yield GaugeMetricFamily(
+                "proxylog_inflight_requests", "Requests in progress.", value=self.inflight()
+            )
+        yield _histogram(
+            "proxylog_request_duration_seconds",
+            "Whole requests, first request byte to last response byte.",
+            metrics.duration_buckets,
+            metrics.duration_sum,
+        )
+        yield CounterMetricFamily(
+            "proxylog_request_bytes",
+            "Bytes received from clients (heads and bodies).",
+            value=metrics.bytes_in,
+        )
+        yield CounterMetricFamily(
+            "proxylog_response_bytes", "Bytes sent to clients (heads and bodies).", value=metrics.bytes_out
+        )
+        bans = CounterMetricFamily(
+            "proxylog_bans", "Bans imposed (created) and ended (expired, lifted).", labels=["event"]
+        )
+        for event, count in metrics.bans.items():
+            bans.add_metric([event], count)
+        yield bans
 
         requests = CounterMetricFamily(
             "proxylog_requests",
@@ -42,15 +90,11 @@ class RuntimeCollector:
             requests.add_metric([klass, action], count)
         yield requests
 
-        cumulative, total = [], 0
-        for bound, count in zip((*UPSTREAM_BUCKETS, float("inf")), metrics.buckets, strict=True):
-            total += count
-            cumulative.append((str(bound) if bound != float("inf") else "+Inf", total))
-        yield HistogramMetricFamily(
+        yield _histogram(
             "proxylog_upstream_latency_seconds",
             "Puma's time to first response byte.",
-            buckets=cumulative,
-            sum_value=metrics.upstream_sum,
+            metrics.buckets,
+            metrics.upstream_sum,
         )
 
         mode = GaugeMetricFamily(
@@ -155,8 +199,21 @@ def _sink_metrics(runtime: Runtime) -> Iterator[Metric]:
     healthy = GaugeMetricFamily(
         "proxylog_sink_healthy", "1 when the sink's last write succeeded.", labels=labels
     )
+    records = CounterMetricFamily(
+        "proxylog_sink_records",
+        "Records (and events) by what became of them at each sink.",
+        labels=["sink", "outcome"],
+    )
     for worker in runtime.workers:
         stats = worker.stats
+        for outcome, count in (
+            ("submitted", stats.submitted),
+            ("written", stats.written),
+            ("dropped", stats.dropped),
+            ("quarantined", stats.quarantined),
+            ("spooled", stats.spooled),
+        ):
+            records.add_metric([worker.name, outcome], count)
         depth.add_metric([worker.name], worker.depth)
         written.add_metric([worker.name], stats.written)
         dropped.add_metric([worker.name], stats.dropped)
@@ -165,15 +222,67 @@ def _sink_metrics(runtime: Runtime) -> Iterator[Metric]:
         spool_depth.add_metric([worker.name], stats.spool_depth)
         quarantined.add_metric([worker.name], stats.quarantined)
         healthy.add_metric([worker.name], 1.0 if stats.healthy else 0.0)
-    yield from (depth, written, dropped, retries, spooled, spool_depth, quarantined, healthy)
+    yield from (depth, written, dropped, retries, spooled, spool_depth, quarantined, healthy, records)
 
 
-def build_registry(runtime: Runtime) -> CollectorRegistry:
+def build_registry(runtime: Runtime, inflight: Callable[[], int] | None = None) -> CollectorRegistry:
+    """proxylog's metrics and the standard process_*, python_* collectors."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RuntimeCollector(runtime))
+    registry.register(RuntimeCollector(runtime, inflight))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     return registry
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
     """The text exposition format for a scrape."""
     return generate_latest(registry)
+
+
+class MetricsServer:
+    """Prometheus text exposition on ``GET``/``HEAD /metrics``. With a token configured
+    (`metrics.public`), a scrape without ``Authorization: Bearer <token>`` gets 401."""
+
+    def __init__(self, runtime: Runtime, inflight: Callable[[], int] | None = None) -> None:
+        self.runtime = runtime
+        self.registry = build_registry(runtime, inflight)
+        spec = runtime.config.metrics
+        self.token = (
+            read_secret(spec.token_file, spec.token_env, "metrics")
+            if (spec.token_file or spec.token_env)
+            else None
+        )
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        listen = self.runtime.config.metrics.listen
+        if listen is not None:
+            serve = connection_handler(self.handle, _tcp_peer)
+            self._server = await asyncio.start_server(serve, listen[0], listen[1])
+
+    @property
+    def port(self) -> int | None:
+        return self._server.sockets[0].getsockname()[1] if self._server else None
+
+    async def handle(self, request: Request) -> Response:
+        if request.path != "/metrics" or request.method not in ("GET", "HEAD"):
+            return Response(404, b"only GET /metrics here\n", "text/plain")
+        if self.token is not None and not _bearer_ok(request.headers.get("authorization", ""), self.token):
+            return Response(401, b"missing or wrong bearer token\n", "text/plain")
+        return Response(200, exposition(self.registry), "text/plain; version=0.0.4; charset=utf-8")
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+
+def _bearer_ok(header: str, token: str) -> bool:
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _tcp_peer(writer: asyncio.StreamWriter) -> tuple[str, int | None, int | None]:
+    peer = writer.get_extra_info("peername")
+    return (f"{peer[0]}:{peer[1]}" if peer else "unknown"), None, None
