@@ -225,6 +225,9 @@ def test_ctl_finds_the_instance_of_its_config_and_refuses_another(start_proxylog
     a, b = start_proxylog(), start_proxylog()
     status = orjson.loads(_ctl("--config", str(a.config_path), "--json", "status").stdout)
     assert status["config_path"] == str(a.config_path.resolve())
+    stats = _ctl("--config", str(a.config_path), "stats")
+    assert stats.returncode == 0 and "requests:" in stats.stdout and "sinks:" in stats.stdout
+    assert not stats.stdout.lstrip().startswith("{")  # a human form; --json gives the JSON
     wrong = _ctl("--config", str(b.config_path), "--socket", str(a.control_socket), "status")
     assert wrong.returncode == 3
     assert str(b.config_path.resolve()) in wrong.stderr and str(a.config_path.resolve()) in wrong.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import ipaddress
 import os
 import socket
 import sys
@@ -13,8 +14,9 @@ from typing import Any
 import orjson
 import yaml
 
-from proxylog.config import ConfigError, default_state_dir, parse_host_port, runtime_directory
+from proxylog.config import ConfigError, default_state_dir, parse_duration, parse_host_port, runtime_directory
 from proxylog.config.secrets import read_secret
+from proxylog.record import MODES
 
 EXIT_OK = 0
 EXIT_COMMAND_FAILED = 1
@@ -117,8 +119,29 @@ def register(commands: Any) -> None:
     ctl.set_defaults(func=cmd_ctl)
 
 
+def _check_key(key: str, what: str) -> str:
+    """`key` if it is an IP address or network; else a usage error (exit 2) before any call."""
+    try:
+        ipaddress.ip_network(key, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} {key!r}: expected an IP address or CIDR") from None
+    return key
+
+
 def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
     rest = args.args
+    if args.command == "mode" and rest and rest[0] not in MODES:
+        raise argparse.ArgumentTypeError(f"mode {rest[0]!r}: expected one of {', '.join(MODES)}")
+    if args.command in ("ban", "unban") and len(rest) == 1:
+        _check_key(rest[0], args.command)
+    if args.command == "allow" and len(rest) == 2:
+        _check_key(rest[1], f"allow {rest[0]}")
+    if args.command == "ban":
+        try:
+            parse_duration(args.ttl)
+        except ValueError:
+            message = f"--ttl {args.ttl!r}: expected a duration like 1h or 1h30m"
+            raise argparse.ArgumentTypeError(message) from None
     match args.command, rest:
         case "status" | "bans" | "stats", []:
             return "GET", f"/{args.command}", None
@@ -297,4 +320,37 @@ def _human(command: str, p: dict[str, Any]) -> str:
         return "\n".join([f"reloaded {p['config']}", *(f"warning: {w}" for w in p["warnings"])])
     if command == "reopen":
         return f"reopened: {', '.join(p['reopened'])}"
+    if command == "stats":
+        return _human_stats(p)
     return orjson.dumps({k: v for k, v in p.items() if k != "ok"}, option=orjson.OPT_INDENT_2).decode()
+
+
+def _human_stats(p: dict[str, Any]) -> str:
+    """`ctl stats` for a terminal: requests, rules, sinks, reloads, alerts (--json: all of it)."""
+    requests = p.get("requests", {})
+    lines = [f"requests: {sum(requests.values())}"]
+    lines += [f"  {key}: {count}" for key, count in requests.items()]
+    upstream = p.get("upstream", {})
+    if upstream.get("count"):
+        mean = upstream["sum_s"] / upstream["count"]
+        lines.append(f"upstream: {upstream['count']} answered, mean {mean:.3f}s")
+    rules = p.get("rules", {})
+    active = rules.get("bans", {}).get("active", 0)
+    lines.append(f"rules: {rules.get('checks', 0)} checks, {active} active bans")
+    lines += [
+        f"  {rule}: matched {r['matched']}, fired {r['fired']}, bans {r['bans']}, keys {r['keys']}"
+        for rule, r in rules.get("rules", {}).items()
+    ]
+    lines.append("sinks:")
+    lines += [
+        f"  {name}: written {s['written']}, dropped {s['dropped']}, queued {s['queue_depth']}, "
+        f"spooled {s['spool_depth']}, retries {s['retries']}{'' if s['healthy'] else ', FAILING'}"
+        for name, s in p.get("sinks", {}).items()
+    ]
+    reloads = p.get("reloads", {})
+    lines.append(f"reloads: {reloads.get('ok', 0)} ok, {reloads.get('failed', 0)} failed")
+    if alerts := p.get("alerts"):
+        sent, failed, suppressed = alerts["sent"], alerts["failed"], alerts["suppressed"]
+        lines.append(f"alerts: {sent} sent, {failed} failed, {suppressed} suppressed")
+    lines.append(f"internal errors: {p.get('internal_errors', 0)}")
+    return "\n".join(lines)

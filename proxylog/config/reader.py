@@ -14,6 +14,9 @@ from proxylog.errors import ConfigError
 from proxylog.net import IPNetwork, unmap_network
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# A compound duration such as ``1h30m`` or ``1m30s``: units from largest to smallest, once each.
+_DURATION_PARTS = re.compile(r"^\s*(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+\s*$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -21,15 +24,22 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 
 
 def parse_duration(text: str | float) -> float:
-    """Seconds from ``250ms``, ``60s``, ``5m``, ``1h``, ``1d`` or a bare number; raises ValueError."""
+    """Seconds from ``250ms``, ``60s``, ``5m``, ``1h``, ``1d``, a compound such as ``1m30s`` or
+    ``1h30m``, or a bare number; raises ValueError."""
     if isinstance(text, bool):
         raise ValueError(text)
     if isinstance(text, int | float):
         return float(text)
     match = _DURATION.match(text)
-    if not match:
+    if match:
+        return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not _DURATION_PARTS.match(text):
         raise ValueError(text)
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    parts = [(float(n), _DURATION_UNITS[unit]) for n, unit in _DURATION_PART.findall(text)]
+    scales = [scale for _, scale in parts]
+    if scales != sorted(set(scales), reverse=True):  # 30s1m, 1m1m: a typo, not a duration
+        raise ValueError(text)
+    return sum(n * scale for n, scale in parts)
 
 
 def parse_size(text: str | int) -> int:
@@ -201,11 +211,11 @@ class Node:
             self.fail(f"must be at most {high}, got {value}")
 
     def duration(self, *, min: float = 0.0) -> float:
-        """Seconds; accepts ``250ms``, ``60s``, ``5m``, ``1h``, ``1d`` or a bare number."""
+        """Seconds; accepts ``250ms``, ``60s``, ``5m``, ``1h``, ``1d``, ``1m30s`` or a bare number."""
         try:
             seconds = parse_duration(self.value)
         except (ValueError, TypeError):
-            self.fail(f"expected a duration like 60s, 5m or 1h, got {self.value!r}")
+            self.fail(f"expected a duration like 60s, 5m, 1h or 1m30s, got {self.value!r}")
         if seconds < min:
             self.fail(f"must be at least {min:g}s, got {self.value!r}")
         return seconds
