@@ -1,11 +1,12 @@
-"""`proxylog ctl` usage errors exit 2 before anything is contacted; durations compound."""
+"""CLI rough edges: `proxylog ctl` usage errors exit 2 before anything is contacted, durations
+compound, YAML syntax errors name the file."""
 
 from __future__ import annotations
 
 import pytest
 
 from proxylog.cli import main
-from proxylog.config import parse_duration
+from proxylog.config import ConfigError, load_config, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -41,3 +42,12 @@ def test_compound_durations_refuse_what_is_likely_a_typo(text: str) -> None:
     """Units out of order or repeated are refused, not guessed."""
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path) -> None:
+    """`check` and `serve` point at the file and line of a syntax error, not <unicode string>."""
+    path = tmp_path / "proxylog.yaml"
+    path.write_text("upstream: http://127.0.0.1:3000\nlisten: [a\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert f'in "{path}", line 2' in str(e.value) and "<unicode string>" not in str(e.value)

@@ -261,7 +261,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError("", f"cannot read {os.fspath(path)}: {e}") from e
     try:
-        data = load_yaml(text)
+        data = load_yaml(text, name=os.fspath(path))
     except ConfigError as e:
         raise ConfigError(e.path, f"{e.message} of {os.fspath(path)}") from e
     except yaml.YAMLError as e:

@@ -116,10 +116,13 @@ class StrictLoader(yaml.SafeLoader):
             self._refuse_duplicates(value_node, child, seen)
 
 
-def load_yaml(text: str, prefix: str = "") -> Any:
-    """Parse one YAML document with `StrictLoader`; raises yaml.YAMLError for bad syntax and
-    ConfigError (key path after `prefix`) for a duplicate key."""
+def load_yaml(text: str, prefix: str = "", name: str | None = None) -> Any:
+    """Parse one YAML document with `StrictLoader`; raises yaml.YAMLError for bad syntax (its
+    marks name the file `name`, when given) and ConfigError (key path after `prefix`) for a
+    duplicate key."""
     loader = StrictLoader(text)
+    if name is not None:
+        loader.name = name
     loader.key_prefix = prefix
     try:
         return loader.get_single_data()
