@@ -3,10 +3,17 @@ compound, YAML syntax errors name the file."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from proxylog.cli import main
 from proxylog.config import ConfigError, load_config, parse_duration
+from proxylog.record import encode_record
+from proxylog.sinks.file import FileSink
+from proxylog.sinks.integrity import Chain
+from proxylog.testing import make_record
 
 
 @pytest.mark.parametrize(
@@ -51,3 +58,31 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert f'in "{path}", line 2' in str(e.value) and "<unicode string>" not in str(e.value)
+
+
+def test_verify_tells_a_live_file_from_a_cut_one(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unsealed file still open by a process is named as live (with --open as the way to
+    check it); a file cut mid-line gets no such hint."""
+    key = b"k" * 32
+    key_file = tmp_path / "chain.key"
+    key_file.write_bytes(key)
+    path = tmp_path / "access.jsonl"
+    sink = FileSink("f", str(path), chain=Chain(key, "f"))
+    sink.write([encode_record(make_record())])
+    hold = f"import time; f = open({str(path)!r}, 'ab'); print(1, flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline()
+        assert main(["verify", str(path), "--key-file", str(key_file)]) == 1
+        err = capsys.readouterr().err
+        assert f"is open by pid {holder.pid}" in err and "--open" in err
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    sink.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 20])  # cut inside the seal line
+    assert main(["verify", str(path), "--key-file", str(key_file)]) == 1
+    assert "--open" not in capsys.readouterr().err

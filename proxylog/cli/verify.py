@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 
 from proxylog.errors import ConfigError
-from proxylog.sinks.integrity import read_key, verify
+from proxylog.sinks.integrity import Finding, read_key, verify
 
 EXIT_INTACT = 0
 EXIT_TAMPERED = 1
@@ -40,6 +41,50 @@ def register(commands: Any) -> None:
     parser.set_defaults(func=cmd_verify)
 
 
+def _writers(path: str) -> list[int]:
+    """Pids of processes (those /proc lets us see) holding `path` open; Linux only."""
+    try:
+        target = os.stat(path)
+        pids = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return []
+    found = []
+    for pid in pids:
+        try:
+            fds = os.scandir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        with fds:
+            for fd in fds:
+                try:
+                    st = os.stat(fd.path)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                    found.append(int(pid))
+                    break
+    return found
+
+
+def _open_file_hint(args: argparse.Namespace, key: bytes | None, finding: Finding) -> str | None:
+    """For a "truncation" that is only a missing seal at the end of the last file: say whether
+    a process still has it open, and that --open checks a file still being written."""
+    if args.allow_open or finding.kind != "truncation" or finding.file != args.files[-1]:
+        return None
+    if verify(args.files, key, allow_open=True).kind is not None:
+        return None  # cut mid-line, or something else is wrong too
+    writers = [pid for pid in _writers(finding.file) if pid != os.getpid()]
+    if writers:
+        return (
+            f"{finding.file} is open by pid {', '.join(map(str, writers))}: a file still being written "
+            "has no seal yet; pass --open to check it as a live file"
+        )
+    return (
+        f"{finding.file} ends at a complete line without its seal: if proxylog is still writing it, "
+        "pass --open; if not, its tail (and the seal) is missing"
+    )
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     try:
         key = read_key(args.key_file, "--key-file") if args.key_file else None
@@ -58,6 +103,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         seq = "?" if finding.seq is None else finding.seq
         print(f"TAMPERED: {finding.kind} at seq {seq} ({finding.file}:{finding.line}): {finding.message}")
+        if hint := _open_file_hint(args, key, finding):
+            print(f"proxylog verify: {hint}", file=sys.stderr)
     if key is None:
         print(
             "proxylog verify: warning: no --key-file, record contents were not authenticated", file=sys.stderr
