@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import orjson
 import pytest
 
 from proxylog.cli import main
@@ -86,3 +87,25 @@ def test_verify_tells_a_live_file_from_a_cut_one(tmp_path, capsys: pytest.Captur
     path.write_bytes(data[: len(data) - 20])  # cut inside the seal line
     assert main(["verify", str(path), "--key-file", str(key_file)]) == 1
     assert "--open" not in capsys.readouterr().err
+
+
+def test_check_reports_every_bad_section_and_has_json(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`check` names an error in each bad section, not only the first, and --json lists them."""
+    path = tmp_path / "proxylog.yaml"
+    path.write_text(
+        "listen: nowhere\ntimeouts: {upstream: soon}\nsinks: [{type: file}]\nbogus: 1\n"
+        "rules: [{id: r, when: {path: '^/'}, threshold: 0, window: 1m}]\n"
+    )
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    for key in ("listen", "timeouts.upstream", "sinks[0].path", "bogus", "rules[0].threshold"):
+        assert f"invalid configuration: {key}" in err, (key, err)
+    assert main(["check", "--json", str(path)]) == 2
+    verdict = orjson.loads(capsys.readouterr().out)
+    assert not verdict["ok"] and len(verdict["errors"]) == 5
+    assert {"path", "message"} == set(verdict["errors"][0])
+    good = tmp_path / "good.yaml"
+    sink = f"sinks: [{{type: file, path: {tmp_path / 'a.jsonl'}}}]"
+    good.write_text(f"upstream: http://127.0.0.1:3000\nstate_dir: {tmp_path / 'state'}\n{sink}\n")
+    assert main(["check", "--json", str(good)]) == 0
+    assert orjson.loads(capsys.readouterr().out)["ok"] is True

@@ -94,9 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="validate a config file without starting",
-        description="Validate a config file. Exit 0 if valid, 2 if not (the message names the key path).",
+        description="Validate a config file. Exit 0 if valid, 2 if not; every error found is "
+        "reported (up to 20), each naming its key path.",
     )
     check.add_argument("file", metavar="FILE")
+    check.add_argument("--json", action="store_true", help="print the verdict and every error as JSON")
     check.set_defaults(func=cmd_check)
 
     # Each further subcommand lives in its own module and takes the subparsers object.
@@ -148,24 +150,103 @@ def _check_paths(config: Config) -> None:
             )
 
 
+MAX_CHECK_ERRORS = 20
+_RULE_KEYS = ("rules", "intel", "allow")  # parsed together: one section
+
+
+def config_errors(path: str, limit: int = MAX_CHECK_ERRORS) -> tuple[Config | None, list[ConfigError]]:
+    """The config in `path`, or every error found in it (up to `limit`): past the first, each
+    top-level section is parsed on its own, so one bad section does not hide another."""
+    from proxylog.config import load_config, parse_config
+    from proxylog.config.reader import load_yaml
+
+    try:
+        return load_config(path), []
+    except ConfigError as first:
+        errors = [first]
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = load_yaml(f.read(), name=path)
+    except Exception:  # unreadable or not YAML: the first error says so
+        return None, errors
+    if not isinstance(data, dict):
+        return None, errors
+    sections = [{key: value} for key, value in data.items() if key not in _RULE_KEYS]
+    sections.append({key: data[key] for key in _RULE_KEYS if key in data})
+    seen = {str(errors[0])}
+    for section in sections:
+        try:
+            parse_config(section, source=path)
+        except ConfigError as e:
+            if str(e) not in seen:
+                seen.add(str(e))
+                errors.append(e)
+        if len(errors) >= limit:
+            break
+    return None, errors[:limit]
+
+
+def _report(path: str, errors: list[ConfigError], as_json: bool) -> None:
+    if as_json:
+        import orjson
+
+        found = [{"path": e.path, "message": e.message} for e in errors]
+        print(orjson.dumps({"ok": not errors, "file": path, "errors": found}).decode())
+        return
+    for error in errors:
+        print(f"proxylog: invalid configuration: {error}", file=sys.stderr)
+    if len(errors) >= MAX_CHECK_ERRORS:
+        print(f"proxylog: (stopped after {MAX_CHECK_ERRORS} errors)", file=sys.stderr)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate everything `serve` would, short of binding sockets: the file, the engine and
-    (for mitmproxy) its modes, then the same compile step `serve` runs (rule engine and
-    redactor, intel files read, patterns compiled together), every sink built, the secrets
-    read, and that the state directory and file sinks' directories can be created."""
-    from proxylog.config import load_config, serving_engine
+    """Validate everything `serve` would, short of binding sockets: the file (every section,
+    reporting each error found), the engine and (for mitmproxy) its modes, then the same
+    compile step `serve` runs (rule engine and redactor, intel files read, patterns compiled
+    together), every sink built, the secrets read, and that the state directory and file
+    sinks' directories can be created."""
+    config, errors = config_errors(args.file)
+    if config is None:
+        _report(args.file, errors, args.json)
+        return EXIT_INVALID
+    engine = "?"
+    for check in _checks(config):
+        try:
+            engine = check() or engine
+        except ConfigError as e:
+            errors.append(e)
+    if errors:
+        _report(args.file, errors, args.json)
+        return EXIT_INVALID
+    if args.json:
+        import orjson
+
+        summary = {"ok": True, "file": args.file, "sinks": len(config.sinks), "engine": engine, "errors": []}
+        print(orjson.dumps(summary).decode())
+    else:
+        print(f"{args.file}: ok ({len(config.sinks)} sinks, engine {engine})")
+    return EXIT_OK
+
+
+def _checks(config: Config) -> list[Callable[[], str | None]]:
+    """The checks past parsing, each raising ConfigError; the engine check returns its name."""
+    from proxylog.config import serving_engine
+    from proxylog.config.secrets import read_secret
     from proxylog.runtime import check_config
 
-    config = load_config(args.file)
-    _check_paths(config)
-    engine = serving_engine(config)
-    if engine == "mitmproxy":
-        from proxylog.mitm.master import proxy_modes
+    def engine() -> str:
+        name = serving_engine(config)
+        if name == "mitmproxy":
+            from proxylog.mitm.master import proxy_modes
 
-        proxy_modes(config)
-    check_config(config)
-    print(f"{args.file}: ok ({len(config.sinks)} sinks, engine {engine})")
-    return EXIT_OK
+            proxy_modes(config)
+        return name
+
+    def metrics_token() -> None:
+        if config.metrics.token_file or config.metrics.token_env:
+            read_secret(config.metrics.token_file, config.metrics.token_env, "metrics")
+
+    return [lambda: _check_paths(config), engine, lambda: check_config(config), metrics_token]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
