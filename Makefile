@@ -42,9 +42,9 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-# Demo: the bundled Rack app on real Puma (:$(UPSTREAM_PORT)) and proxylog in front (:$(PORT)).
+# Demo: the demo shop (demo/config.ru) on real Puma (:$(UPSTREAM_PORT)) and proxylog in front (:$(PORT)).
 run: deps venv
-	@puma -q -b tcp://127.0.0.1:$(UPSTREAM_PORT) -t 2:8 tests/upstream/config.ru & puma=$$!; \
+	@puma -q -b tcp://127.0.0.1:$(UPSTREAM_PORT) -t 2:8 demo/config.ru & puma=$$!; \
 	trap 'kill $$puma 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/proxylog serve --config configs/proxylog.yaml \
 	  --upstream http://127.0.0.1:$(UPSTREAM_PORT) --listen 127.0.0.1:$(PORT)
