@@ -123,7 +123,7 @@ def test_mode_switch_is_immediate_audited_and_persisted(start_proxylog) -> None:
     [audit] = documents(proxy, "audit.mode")
     assert audit["proxylog"]["audit"]["old"] == "monitor" and audit["proxylog"]["audit"]["new"] == "enforce"
     assert "unix socket" in audit["proxylog"]["audit"]["who"]
-    assert ctl(proxy, "mode", "sideways").returncode == 1
+    assert ctl(proxy, "mode", "sideways").returncode == 2  # a usage error
     state = proxy.config_path.parent / "state" / "state.json"
     assert json.loads(state.read_text())["mode"] == "enforce"
     assert stat.S_IMODE(state.stat().st_mode) == 0o600

@@ -71,7 +71,7 @@ def test_unban_lifts_the_ban_from_the_next_request(start_proxylog) -> None:
     assert [b["key"] for b in ctl_json(proxy, "bans")["bans"]] == ["127.0.0.1"]
     assert ctl(proxy, "unban", "127.0.0.1").returncode == 0
     assert request(proxy.url, "/free").status == 200
-    assert ctl(proxy, "ban", "not-an-ip").returncode == 1
+    assert ctl(proxy, "ban", "not-an-ip").returncode == 2  # a usage error, refused before any call
     too_wide = ctl(proxy, "ban", "0.0.0.0/0")
     assert too_wide.returncode == 1 and "wider than /8" in too_wide.stderr
     assert request(proxy.url, "/still-free").status == 200
