@@ -6,7 +6,8 @@ import argparse
 import collections
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 import orjson
@@ -94,6 +95,47 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 0
 
 
+class Progress:
+    """A one-line progress bar on `stream` (stderr) when it is a terminal, silent otherwise;
+    redrawn at most ten times a second, so a large log costs nothing extra."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self._clock = clock
+        self._drawn = 0.0
+
+    def each(self, items: Iterable[Entry], label: str, total: int | None = None) -> Iterator[Entry]:
+        """`items`, drawing `label` with a count (and a bar when `total` is known) as they pass."""
+        if not self.enabled:
+            yield from items
+            return
+        done = 0
+        for item in items:
+            done += 1
+            if done & 1023 == 0:
+                self._draw(label, done, total)
+            yield item
+        self._draw(label, done, total, force=True)
+        self.stream.write("\n")
+        self.stream.flush()
+
+    def _draw(self, label: str, done: int, total: int | None, *, force: bool = False) -> None:
+        now = self._clock()
+        if not force and now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        if total:
+            filled = int(self.WIDTH * done / total)
+            text = f"{label} [{'#' * filled:<{self.WIDTH}}] {done / total:6.1%} {done:,}/{total:,}"
+        else:
+            text = f"{label} {done:,} lines"
+        self.stream.write(f"\r\x1b[K{text}")
+        self.stream.flush()
+
+
 def _replay_command(args: argparse.Namespace) -> int:
     spec, config = _spec(args)
     mode = Mode(args.mode or config.mode)
@@ -103,10 +145,11 @@ def _replay_command(args: argparse.Namespace) -> int:
         return 2
     skipped = Skipped()
     entries: list[Entry] = []
+    progress = Progress(sys.stderr)
     for path in args.files:
         try:
             with open_text(path) as f:
-                entries.extend(read_entries(f, args.format, skipped))
+                entries.extend(progress.each(read_entries(f, args.format, skipped), f"reading {path}"))
         except OSError as e:
             print(f"proxylog replay: cannot read {path}: {e}", file=sys.stderr)
             return 1
@@ -114,8 +157,12 @@ def _replay_command(args: argparse.Namespace) -> int:
 
     trusted = TrustedProxies(config.trusted_proxies).is_trusted
 
+    if not args.no_sort:
+        entries.sort(key=lambda e: e.facts.ts)
+
     def run(on_event: Callable[[RuleEvent], None]) -> ReplayReport:
-        return replay(entries, spec, mode=mode, sort=not args.no_sort, on_event=on_event, trusted=trusted)
+        ticking = progress.each(entries, "replaying", len(entries))
+        return replay(ticking, spec, mode=mode, sort=False, on_event=on_event, trusted=trusted)
 
     if args.json:
         report = run(lambda e: _json_event(out, e, show))

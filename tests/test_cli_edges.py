@@ -1,10 +1,13 @@
-"""CLI rough edges: `proxylog ctl` usage errors exit 2 before anything is contacted, durations
-compound, YAML syntax errors name the file."""
+"""CLI rough edges: `ctl` usage errors exit 2 before anything is contacted, durations compound,
+YAML syntax errors name the file, `check` reports every section, `verify` knows a live file,
+`replay` shows progress on a terminal."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
@@ -15,6 +18,8 @@ from proxylog.record import encode_record
 from proxylog.sinks.file import FileSink
 from proxylog.sinks.integrity import Chain
 from proxylog.testing import make_record
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -109,3 +114,39 @@ def test_check_reports_every_bad_section_and_has_json(tmp_path, capsys: pytest.C
     good.write_text(f"upstream: http://127.0.0.1:3000\nstate_dir: {tmp_path / 'state'}\n{sink}\n")
     assert main(["check", "--json", str(good)]) == 0
     assert orjson.loads(capsys.readouterr().out)["ok"] is True
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _log(tmp_path: Path, lines: int) -> Path:
+    path = tmp_path / "access.log"
+    path.write_text(
+        "".join(
+            f'198.51.100.{i % 200} - - [10/Oct/2000:13:{i // 60 % 60:02d}:{i % 60:02d} +0000] '
+            f'"GET /p{i} HTTP/1.1" 404 12 "-" "curl/8.5.0"\n'
+            for i in range(lines)
+        )
+    )
+    return path
+
+
+def test_replay_draws_progress_on_a_terminal_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a terminal, replay draws a reading counter and a replay bar on stderr ending at
+    100 %; when stderr is not a terminal it writes nothing there; stdout is the same."""
+    log = _log(tmp_path, 3000)
+    pack = ROOT / "configs" / "rules" / "default.yaml"
+    assert main(["replay", str(log), "--rules", str(pack)]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.err == ""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["replay", str(log), "--rules", str(pack)]) == 0
+    drawn = terminal.getvalue()
+    assert f"reading {log} 3,000 lines" in drawn
+    assert "replaying [" + "#" * 30 + "] 100.0% 3,000/3,000" in drawn
+    assert capsys.readouterr().out == quiet.out
