@@ -337,9 +337,15 @@ def event_document(action: str, category: str, ts: float | None = None, **proxyl
     event: dict[str, Any] = {"kind": kind, "category": [category], "type": [type_], "action": action}
     event["dataset"] = dataset
     doc = _base(ts, event, proxylog)
-    audit = proxylog.get("audit")
-    if isinstance(audit, dict) and isinstance(audit.get("ok"), bool):
-        event["outcome"] = "success" if audit["ok"] else "failure"
+    audit = doc["proxylog"].get("audit")
+    if isinstance(audit, dict):
+        if isinstance(audit.get("ok"), bool):
+            event["outcome"] = "success" if audit["ok"] else "failure"
+        # One index mapping for every command: a structured old or new value (a ban) is JSON
+        # text, like the plain ones (a mode, an address), never an object beside a string.
+        for name in ("old", "new"):
+            if isinstance(audit.get(name), dict | list):
+                audit[name] = orjson.dumps(audit[name]).decode()
     alert = proxylog.get("alert")
     if action == "alert" and isinstance(alert, dict) and alert.get("kind") in _CLIENT_ALERTS:
         if is_ip(alert.get("key")):

@@ -141,6 +141,17 @@ async def test_audits_and_ban_events_from_the_runtime_are_ecs(schema: Schema) ->
     assert runtime.metrics.bans == {"created": 2, "expired": 1, "lifted": 1}
 
 
+async def test_audit_values_have_one_type_for_every_command() -> None:
+    """A structured audit value (an operator's ban) is JSON text, as a mode or an address is a
+    string, so one index mapping holds proxylog.audit.new for every command."""
+    runtime, sink, _ = _runtime("nested")
+    runtime.audit("ban", "test", None, {"key": "192.0.2.1", "until": 1_700_000_060.0})
+    runtime.audit("mode", "test", "monitor", "enforce")
+    docs = [flat(doc) for doc in await _delivered(runtime, sink)]
+    assert [type(doc["proxylog.audit.new"]) for doc in docs] == [str, str]
+    assert orjson.loads(docs[0]["proxylog.audit.new"])["until"] == "2023-11-14T22:14:20.000000Z"
+
+
 async def test_ban_events_are_anonymised_like_records() -> None:
     """With redact.anonymize_ip, a ban event names the client's /24, never its address."""
     runtime, sink, _ = _runtime("nested", redact=RedactSpec(anonymize_ip=True))
