@@ -99,6 +99,7 @@ def _normalised(record: dict[str, Any]) -> dict[str, Any]:
     record.pop("@timestamp", None)
     record["event"].pop("duration", None)
     record.get("source", {}).pop("port", None)
+    record.get("client", {}).pop("port", None)  # the client is the peer here: its port, as source.port
     record.get("proxylog", {}).pop("upstream", None)
     response = record.get("http", {}).get("response", {})
     response.pop("bytes", None)
