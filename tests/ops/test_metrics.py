@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxylog.config import ConfigError, parse_config
 from tests._http import request
-from tests.conftest import free_port
-from tests.test_control import ctl
+from tests.conftest import ROOT, free_port
+from tests.ops.test_control import ctl
 
-MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
+MONITORING = ROOT / "deploy" / "monitoring"
 NAMES = re.compile(r"\b(?:proxylog|process|python)_[a-z0-9_]+\b")
 
 

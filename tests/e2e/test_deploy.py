@@ -17,9 +17,8 @@ import pytest
 
 from proxylog.config import load_config
 from tests._http import request
-from tests.conftest import Puma, free_port, wait_for_port
+from tests.conftest import ROOT, Puma, free_port, wait_for_port
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "systemd" / "proxylog.service"
 INSTALLED = "/opt/proxylog/.venv/bin/proxylog"

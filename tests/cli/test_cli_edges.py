@@ -18,8 +18,7 @@ from proxylog.record import encode_record
 from proxylog.sinks.file import FileSink
 from proxylog.sinks.integrity import Chain
 from proxylog.testing import make_record
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(
