@@ -45,6 +45,13 @@ RECORDS: dict[str, AccessRecord] = {
     "JSON body captured": make_record(method="POST", request_body={"user": "a", "password": "[REDACTED]"}),
     "text body captured": make_record(method="POST", request_body="plain text"),
     "IPv6 client": make_record(client_ip="2001:db8::1", source_ip="2001:db8::1"),
+    "an inspection rule's score": make_record(
+        status=403,
+        action="blocked",
+        enforced=True,
+        rules=(RuleHit("sqli", 1, 1, 60.0, 10, ("942100", "942190")),),
+        tags=("attack-sqli",),
+    ),
 }
 
 
