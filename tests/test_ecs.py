@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from proxylog.alerts import AlertDispatcher
-from proxylog.config import AlertSpec, Config
+from proxylog.config import Config, parse_config
 from proxylog.config.redact import RedactSpec
 from proxylog.record import AccessRecord, RuleHit, Schema, ban_document, encode_document, encode_record
 from proxylog.runtime import Runtime
@@ -178,8 +178,9 @@ def test_alert_events_are_ecs_alerts() -> None:
     """An alert is event.kind alert, with the client in client.ip and the rule in rule.*."""
     docs: list[dict[str, Any]] = []
     clock = FakeClock()
-    spec = AlertSpec(type="webhook", url="http://127.0.0.1:9/", cooldown=0)
-    alerts = AlertDispatcher((spec,), docs.append, clock=clock)
+    webhook = {"type": "webhook", "url": "http://127.0.0.1:9/", "cooldown": 0}
+    specs = parse_config({"alerts": [webhook]}).alerts
+    alerts = AlertDispatcher(specs, docs.append, clock=clock)
     try:
         alerts.notify("ban", "probe", "192.0.2.7", count=10, threshold=10, until=clock() + 60)
         alerts.notify("sink_failure", "sink", "siem", error="refused")

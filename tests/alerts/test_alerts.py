@@ -306,19 +306,23 @@ def test_two_channels_of_one_name_are_refused() -> None:
     ],
     ids=["smtp-password", "pagerduty-routing-key"],
 )  # fmt: skip
-def test_check_reads_every_channels_secret(tmp_path, channel: dict[str, Any], missing: str) -> None:
+def test_check_reads_every_channels_secret(
+    tmp_path, channel: dict[str, Any], missing: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     """`proxylog check` builds the channels (no thread starts), so an SMTP password or a
     routing key that serve could not read fails the check, naming the channel."""
-    import argparse
+    import re
 
+    import orjson
     import yaml
 
-    from proxylog.cli import cmd_check
+    from proxylog.cli import main
 
     path = tmp_path / "alerts.yaml"
     path.write_text(yaml.safe_dump({"alerts": [channel], "state_dir": str(tmp_path / "state")}))
-    with pytest.raises(ConfigError, match=rf"alerts\[0\].*{missing}"):
-        cmd_check(argparse.Namespace(file=str(path)))
+    assert main(["check", "--json", str(path)]) == 2
+    errors = [f"{e['path']}: {e['message']}" for e in orjson.loads(capfd.readouterr().out)["errors"]]
+    assert any(re.search(rf"alerts\[0\].*{missing}", error) for error in errors), errors
 
 
 def test_the_documented_examples_parse() -> None:
