@@ -73,5 +73,5 @@ class PipelineHandler:
         answer = make_reply(
             block.status, ex.request_id, ex.method == b"HEAD", retry_after=block.retry_after, body=block.body
         )
-        ex.status, ex.replied, ex.response_head_bytes = block.status, True, len(answer)
+        ex.answered(block.status, answer)
         return answer

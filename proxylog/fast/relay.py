@@ -421,7 +421,8 @@ class Relay:
             self.up.close()
             self.up = None
         self.outbox = None
-        self.ex.response_head_bytes = len(data)
+        head, sep, body = data.partition(b"\r\n\r\n")  # counted apart, as the handler did
+        self.ex.response_head_bytes, self.ex.response_body_bytes = len(head) + len(sep), len(body)
         if unread is None:
             unread = not self.body_done or bool(self.ahead)
         self.state = DONE

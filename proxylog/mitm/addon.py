@@ -228,7 +228,7 @@ class ProxyLog:
             state = start_flow(flow, self.pipeline)  # facts too: smuggling probes count toward status rules
             state.error_type, state.error_message = "request_invalid", why
             answer = make_reply(status, state.request_id, request.method == "HEAD")
-            state.status, state.replied, state.response_head_bytes = status, True, len(answer)
+            state.answered(status, answer)
             self._record(flow, state)
             return answer
         except Exception:

@@ -83,7 +83,7 @@ def write_reply(
     if not connections.write_to_client(flow, reply):
         return False
     flow.kill()
-    _replied(state, status, len(reply))
+    state.answered(status, reply)
     return True
 
 
@@ -103,12 +103,8 @@ def reply(
     headers = {"X-Request-Id": state.request_id, "Content-Type": "text/plain; charset=utf-8"}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
-    _replied(state, status, len(content))
+    state.answered(status, b"", body=len(content))
     flow.response = http.Response.make(status, content, headers)
-
-
-def _replied(state: FlowState, status: int, size: int) -> None:
-    state.status, state.replied, state.response_head_bytes = status, True, size
 
 
 def reject(flow: http.HTTPFlow, state: FlowState, status: int, error_type: ErrorType, why: str) -> None:
@@ -137,4 +133,4 @@ def reply_to_error(flow: http.HTTPFlow, state: FlowState) -> None:
     if status is not None:
         # on HTTP/1, what GuardedHttp1Server sends in place of mitmproxy's page
         http1 = flow.request.http_version.startswith("HTTP/1")
-        _replied(state, status, len(error_reply(flow.request, status)) if http1 else 0)
+        state.answered(status, error_reply(flow.request, status) if http1 else b"")

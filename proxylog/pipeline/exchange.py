@@ -101,6 +101,18 @@ class Exchange:
     upgraded: bool = False
     done: bool = False
 
+    def answered(self, status: int, reply: bytes, body: int | None = None) -> None:
+        """proxylog's own reply answered this exchange: `reply` as sent, head and body counted
+        apart (`body`: the body's size when `reply` is the body alone, head unknown)."""
+        head, sep, rest = reply.partition(b"\r\n\r\n")
+        self.status, self.replied = status, True
+        if body is not None:
+            self.response_head_bytes, self.response_body_bytes = 0, body
+        elif sep:
+            self.response_head_bytes, self.response_body_bytes = len(head) + len(sep), len(rest)
+        else:
+            self.response_head_bytes, self.response_body_bytes = len(reply), 0
+
     def fail(self, error_type: ErrorType, message: str | None) -> None:
         """Note what went wrong; the first cause wins (a later error is its consequence)."""
         if self.error_type is None:

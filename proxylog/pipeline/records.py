@@ -114,4 +114,14 @@ def record_for(
         rules=ex.hits,
         truncated=tuple(truncated),
         request_body=captured_body,
+        url_port=_port(ex.host),
     )
+
+
+def _port(host: bytes) -> int | None:
+    """The port a Host value names (``app:8080`` → 8080, ``[::1]:3000`` → 3000), if any."""
+    _, sep, port = host.rpartition(b":")
+    if not sep or not port.isdigit() or (host.startswith(b"[") and not host[: -len(port) - 1].endswith(b"]")):
+        return None
+    value = int(port)
+    return value if 0 < value < 65536 else None

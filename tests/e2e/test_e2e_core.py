@@ -38,7 +38,12 @@ def test_one_record_per_request_with_the_fields_that_matter(start_proxylog) -> N
     first = records_for(records, ok.headers["X-Request-Id"])[0]
     assert first["http"]["request"]["method"] == "GET"
     assert first["url"] == {
-        "path": "/hello", "query": "a=1", "original": "/hello?a=1", "domain": "127.0.0.1", "scheme": "http"
+        "path": "/hello",
+        "query": "a=1",
+        "original": "/hello?a=1",
+        "domain": "127.0.0.1",
+        "port": proxy.port,  # the Host the client sent names it
+        "scheme": "http",
     }
     assert first["http"]["response"]["status_code"] == 200
     assert first["http"]["response"]["body"]["bytes"] == len(ok.body)
