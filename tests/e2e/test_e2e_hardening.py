@@ -65,10 +65,6 @@ def _responses(raw: bytes) -> int:
 def test_oversized_request_head_is_refused_while_it_is_read(start_proxylog, puma: Puma) -> None:
     """5 MB of header lines get a 431 and a closed connection as soon as limits.header_bytes is
     passed: one request_invalid record, Puma never sees the request, memory stays bounded."""
-    if engine == "mitmproxy":
-        # issue 17, "pipelining past the bound loses records": the cut-off request's record
-        # goes missing in some runs; fixed on the hardening branch, not merged yet
-        pytest.xfail("the mitmproxy plane can lose the cut-off request's record (issue 17)")
     proxy = start_proxylog({"limits": {"header_bytes": "16k"}})
     request(proxy.url, "/warmup")
     before = proxy.rss_kib("VmHWM")
