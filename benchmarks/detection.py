@@ -31,7 +31,15 @@ from proxylog.record import format_timestamp
 from proxylog.rules import RuleEngine
 from proxylog.rules.sources import facts_from_corpus
 from proxylog.testing import FakeClock
-from tests.test_corpora import CHEF_CLIENT, DATA, DEFAULT_PACK, REAL_LOG, evaluate, load_hub, real_traffic
+from tests.rules.test_corpora import (
+    CHEF_CLIENT,
+    DATA,
+    DEFAULT_PACK,
+    REAL_LOG,
+    evaluate,
+    load_hub,
+    real_traffic,
+)
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
 

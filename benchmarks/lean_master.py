@@ -3,15 +3,15 @@
     python benchmarks/lean_master.py plain|cached UPSTREAM_URL PORT STATE_DIR
 
 plain:  mitmproxy's own Master and AddonManager with core, proxyserver, next_layer and
-        errorcheck (DESIGN §7's "lean Master").
+        errorcheck, nothing else.
 cached: proxylog's LeanMaster (same addons, cached hook dispatch) with ProxyLog left out,
         so comparing `proxylog serve` against it isolates what the addon costs.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
 
 from mitmproxy import master, options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver
@@ -32,4 +32,10 @@ async def main(kind: str, upstream: str, port: int, state_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=("plain", "cached"))
+    parser.add_argument("upstream", help="Puma's URL, e.g. http://127.0.0.1:3000")
+    parser.add_argument("port", type=int, help="the loopback port to listen on")
+    parser.add_argument("state_dir")
+    args = parser.parse_args()
+    asyncio.run(main(args.kind, args.upstream, args.port, args.state_dir))
