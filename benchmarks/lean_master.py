@@ -32,7 +32,9 @@ async def main(kind: str, upstream: str, port: int, state_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("kind", choices=("plain", "cached"))
     parser.add_argument("upstream", help="Puma's URL, e.g. http://127.0.0.1:3000")
     parser.add_argument("port", type=int, help="the loopback port to listen on")
