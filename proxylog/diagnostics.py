@@ -119,8 +119,12 @@ def setup_logging(spec: LogSpec, clean: Callable[[str], str] | None = None) -> l
     return listener
 
 
-def announce_listening(addrs: Sequence[tuple[str, int]], config: Config, engine: str) -> None:
-    """The startup line on stderr, once the data plane listens: where, to what, on which engine."""
+def announce_listening(
+    addrs: Sequence[tuple[str, int]], config: Config, engine: str, *, worker: int | None = None
+) -> None:
+    """The startup line on stderr, once the data plane listens: where, to what, on which
+    engine. A supervisor's worker says which one it is; the supervisor says it once for all."""
     where = ", ".join(f"{host}:{port}" for host, port in addrs)
     target = config.upstream if not config.modes else ", ".join(config.modes)
-    print(f"proxylog: listening on {where} -> {target} (engine: {engine})", file=sys.stderr, flush=True)
+    who = "proxylog" if worker is None else f"proxylog worker {worker}"
+    print(f"{who}: listening on {where} -> {target} (engine: {engine})", file=sys.stderr, flush=True)

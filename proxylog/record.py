@@ -294,6 +294,7 @@ def encode_record(record: AccessRecord, schema: Schema = "nested") -> bytes:
 _EVENTS: dict[str, tuple[str, str, str]] = {
     "alert": ("alert", "info", "proxylog.alert"),
     "records_dropped": ("event", "info", "proxylog.delivery"),
+    "worker.restarted": ("event", "start", "proxylog.event"),
     "records_quarantined": ("event", "info", "proxylog.delivery"),
     "sink_recovered": ("event", "info", "proxylog.delivery"),
     "integrity_chain_start": ("event", "start", "proxylog.integrity"),

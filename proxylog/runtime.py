@@ -42,7 +42,17 @@ from proxylog.state.file import StateFile
 logger = logging.getLogger("proxylog")
 
 # Keys a reload cannot apply to a running process: they need new listening sockets.
-RESTART_KEYS = ("upstream", "listen", "modes", "engine", "state_dir", "state", "control", "metrics")
+RESTART_KEYS = (
+    "upstream",
+    "listen",
+    "modes",
+    "engine",
+    "workers",
+    "state_dir",
+    "state",
+    "control",
+    "metrics",
+)
 
 
 @dataclass(frozen=True, slots=True)

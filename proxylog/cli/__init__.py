@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the data plane: fast (HTTP/1.1 reverse proxy to an http:// upstream), mitmproxy "
         "(modes:, TLS, HTTP/2), or auto, the default: fast where it can serve, else mitmproxy",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run N worker processes on the listen port (fast engine; default: the config's "
+        "workers:, else 1), under a supervisor that restarts them and owns the control socket",
+    )
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="stderr diagnostics level")
     serve.set_defaults(func=cmd_serve)
 
@@ -235,7 +243,10 @@ def _checks(config: Config) -> list[Callable[[], str | None]]:
     from proxylog.runtime import check_config
 
     def engine() -> str:
+        from proxylog.config import check_workers
+
         name = serving_engine(config)
+        check_workers(config)
         if name == "mitmproxy":
             from proxylog.mitm.master import proxy_modes
 
@@ -254,7 +265,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from proxylog.app import serve
-    from proxylog.config import parse_listen, parse_upstream, serving_engine
+    from proxylog.config import MAX_WORKERS, check_workers, parse_listen, parse_upstream, serving_engine
     from proxylog.diagnostics import setup_logging
     from proxylog.redact import Redactor
 
@@ -262,6 +273,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Flags are validated as the config keys they override, before the file is read.
     upstream = None if args.upstream is None else parse_upstream(args.upstream, "--upstream")
     listen = None if args.listen is None else parse_listen(args.listen, "--listen")
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        raise ConfigError("--workers", f"must be between 1 and {MAX_WORKERS}, got {args.workers}")
 
     def flags(config: Config) -> Config:
         """The command-line overrides, applied at start and again to every reloaded config."""
@@ -270,12 +283,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             listen=listen,
             modes=tuple(args.modes) if args.modes else None,
             engine=args.engine,
+            workers=args.workers,
         )
         if args.log_level:
             config = replace(config, log=replace(config.log, level=args.log_level))
+        if args.worker is not None:
+            from proxylog.workers.layout import worker_config
+
+            config = worker_config(config, args.worker)
         return config
 
     config = flags(_load(args.config))
+    check_workers(config)
     if serving_engine(config) == "mitmproxy":  # validate before anything starts
         from proxylog.mitm.master import proxy_modes
 
@@ -283,10 +302,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The formatter runs on the log thread: it gets a Redactor of its own.
     listener = setup_logging(config.log, Redactor(config.redact).clean_text)
     try:
+        if config.workers > 1 and args.worker is None:
+            from proxylog.workers import Supervisor
+
+            supervisor = Supervisor(
+                config, lambda index: _worker_argv(args, index), lambda: flags(_load(args.config))
+            )
+            return asyncio.run(supervisor.run())
         loop = _loop_factory(config)
-        return asyncio.run(serve(config, enforce=args.enforce, flags=flags), loop_factory=loop)
+        return asyncio.run(
+            serve(config, enforce=args.enforce, flags=flags, worker=args.worker), loop_factory=loop
+        )
     finally:
         listener.stop()
+
+
+def _worker_argv(args: argparse.Namespace, index: int) -> list[str]:
+    """The command line of worker `index`: this `serve`, as the supervisor was given it."""
+    argv = [sys.executable, "-m", "proxylog.cli", "serve", "--worker", str(index)]
+    for flag, value in (
+        ("--config", args.config),
+        ("--upstream", args.upstream),
+        ("--listen", args.listen),
+        ("--engine", args.engine),
+        ("--workers", args.workers),
+        ("--log-level", args.log_level),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + (["--enforce"] if args.enforce else [])
 
 
 def _loop_factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -6,7 +6,6 @@ import argparse
 import http.client
 import ipaddress
 import os
-import socket
 import sys
 import time
 from typing import Any
@@ -16,6 +15,7 @@ import yaml
 
 from proxylog.config import ConfigError, default_state_dir, parse_duration, parse_host_port, runtime_directory
 from proxylog.config.secrets import read_secret
+from proxylog.ops.client import ControlClient
 from proxylog.record import MODES
 
 EXIT_OK = 0
@@ -37,50 +37,6 @@ commands:
 Every change is written to the access stream as an audit record. Exit codes: 0 done,
 1 the command was refused (the message says why), 2 usage error, 3 proxylog unreachable.
 """
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
-class ControlClient:
-    """One JSON request per call to the control API; raises OSError when unreachable."""
-
-    def __init__(
-        self,
-        socket_path: str | None = None,
-        tcp: tuple[str, int] | None = None,
-        token: str | None = None,
-        timeout: float = 30.0,
-    ) -> None:
-        self.socket_path = socket_path
-        self.tcp = tcp
-        self.token = token
-        self.timeout = timeout
-
-    def call(self, method: str, path: str, args: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-        conn: http.client.HTTPConnection
-        if self.tcp is not None:
-            conn = http.client.HTTPConnection(self.tcp[0], self.tcp[1], timeout=self.timeout)
-        else:
-            conn = _UnixHTTPConnection(self.socket_path or "", self.timeout)
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        try:
-            conn.request(method, path, orjson.dumps(args) if args is not None else None, headers)
-            response = conn.getresponse()
-            payload = orjson.loads(response.read() or b"{}")
-        finally:
-            conn.close()
-        return response.status, payload
 
 
 def register(commands: Any) -> None:
@@ -285,7 +241,8 @@ def _when(ts: float) -> str:
 def _human(command: str, p: dict[str, Any]) -> str:
     if command == "status":
         sinks = "\n".join(
-            f"  {s['name']}: {'ok' if s['healthy'] else 'FAILING'}, "
+            f"  {s['name']}{'' if s.get('worker') is None else f' (worker {s['worker']})'}: "
+            f"{'ok' if s['healthy'] else 'FAILING'}, "
             f"{s['queued']} queued, {s.get('spooled', 0)} spooled, {s['dropped']} dropped"
             + (f" ({s['last_error']})" if s.get("last_error") and not s["healthy"] else "")
             for s in p["sinks"]
@@ -298,6 +255,13 @@ def _human(command: str, p: dict[str, Any]) -> str:
             "sinks:",
             sinks,
         ]
+        if workers := p.get("workers"):
+            lines.append("workers:")
+            lines += [
+                f"  {w['index']}: pid {w['pid']}, {'ready' if w['ready'] else 'NOT READY'}, "
+                f"{w['restarts']} restarts" + (f" (last: {w['last_exit']})" if w.get("last_exit") else "")
+                for w in workers
+            ]
         return "\n".join(lines)
     if command == "mode":
         return f"mode {p['mode']}" + (f" (was {p['previous']})" if "previous" in p else "")

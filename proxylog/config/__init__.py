@@ -120,6 +120,7 @@ class Config:
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     modes: tuple[str, ...] = ()
     engine: Engine = "auto"
+    workers: int = 1
     trusted_proxies: tuple[IPNetwork, ...] = ()
     mode: Mode = Mode.MONITOR
     timeouts: TimeoutSpec = field(default_factory=TimeoutSpec)
@@ -172,6 +173,7 @@ _TOP_KEYS = frozenset(
         "listen",
         "modes",
         "engine",
+        "workers",
         "trusted_proxies",
         "mode",
         "timeouts",
@@ -217,6 +219,8 @@ def parse_config(data: Any, source: str | None = None) -> Config:
         kwargs["modes"] = fields.require("modes").strings()
     if "engine" in fields:
         kwargs["engine"] = fields.require("engine").choice(ENGINES)
+    if "workers" in fields:
+        kwargs["workers"] = fields.require("workers").integer(min=1, max=MAX_WORKERS)
     if "trusted_proxies" in fields:
         kwargs["trusted_proxies"] = _parse_trusted_proxies(fields.require("trusted_proxies"))
     if "mode" in fields:
@@ -336,6 +340,26 @@ def _parse_log(node: Node) -> LogSpec:
             fields.get("max_line_bytes"), lambda n: n.size(min=80), defaults.max_line_bytes
         ),
     )
+
+
+MAX_WORKERS = 64
+
+
+def check_workers(config: Config) -> None:
+    """Raise ConfigError unless `config` can run with `workers:` processes: more than one
+    needs the fast plane (its listener shares the port with SO_REUSEPORT; mitmproxy's cannot)
+    and a fixed port (with port 0 each worker would get a port of its own)."""
+    if config.workers == 1:
+        return
+    if serving_engine(config) != "fast":
+        raise ConfigError(
+            "workers",
+            f"{config.workers} workers need the fast engine (one port shared with SO_REUSEPORT), "
+            "but this config is served by mitmproxy: run one proxylog per port instead, sharing "
+            "state through `state: {backend: redis}`",
+        )
+    if config.listen[1] == 0:
+        raise ConfigError("workers", "several workers need a fixed listen port, not port 0")
 
 
 def serving_engine(config: Config) -> Literal["fast", "mitmproxy"]:

@@ -44,8 +44,9 @@ class FastPlane:
 
     name = "fast"
 
-    def __init__(self, runtime: Runtime, *, reuse_port: bool = False) -> None:
+    def __init__(self, runtime: Runtime, *, reuse_port: bool = False, worker: int | None = None) -> None:
         self.runtime = runtime
+        self.worker = worker
         self.server = FastServer(
             fast_options(runtime.config, reuse_port=reuse_port), PipelineHandler(Pipeline(runtime))
         )
@@ -72,7 +73,7 @@ class FastPlane:
         self.runtime.start()
         try:
             await self.server.start()
-            announce_listening(self.listen_addrs(), self.runtime.config, self.name)
+            announce_listening(self.listen_addrs(), self.runtime.config, self.name, worker=self.worker)
             await self._stopped.wait()
         finally:
             await self.server.close()

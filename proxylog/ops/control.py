@@ -15,7 +15,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -23,23 +23,31 @@ import orjson
 
 from proxylog import __version__
 from proxylog.config import parse_duration
+from proxylog.config.ops import ControlSpec
 from proxylog.config.secrets import read_secret
+from proxylog.ops.client import ON_BEHALF_OF
 from proxylog.ops.httpserver import Request, Response, connection_handler
 from proxylog.ops.prometheus import MetricsServer
 from proxylog.runtime import Runtime
 
-__all__ = ["COMMANDS", "ControlServer", "MetricsServer"]
+__all__ = ["COMMANDS", "CommandError", "ControlEndpoint", "ControlServer", "MetricsServer"]
 
 logger = logging.getLogger("proxylog.ops.control")
 
-Command = Callable[["ControlServer", Request, dict[str, Any]], Awaitable[dict[str, Any]]]
+# A command's first argument is the endpoint serving it (a ControlServer for COMMANDS).
+Command = Callable[[Any, Request, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class CommandError(Exception):
     """A command refused its input; the message goes back to the caller."""
 
 
-def _who(request: Request) -> str:
+def who_sent(request: Request) -> str:
+    """Who sent a command, for its audit record: the peer, or the operator a worker's own
+    supervisor forwarded it for."""
+    forwarded = request.headers.get(ON_BEHALF_OF.lower())
+    if forwarded and request.peer_pid is not None and request.peer_pid == os.getppid():
+        return f"{forwarded[:200]} via the supervisor"
     if request.peer_uid is not None:
         return f"uid {request.peer_uid} pid {request.peer_pid} (unix socket)"
     return f"{request.peer} (tcp, token)"
@@ -90,7 +98,7 @@ async def _mode(server: ControlServer, request: Request, args: dict[str, Any]) -
     if mode is None:
         return {"mode": server.runtime.mode}
     try:
-        old = server.runtime.set_mode(str(mode), _who(request))
+        old = server.runtime.set_mode(str(mode), who_sent(request))
     except ValueError as e:
         raise CommandError(str(e)) from e
     return await _persisted(server, {"mode": server.runtime.mode, "previous": old})
@@ -109,7 +117,7 @@ async def _ban(server: ControlServer, request: Request, args: dict[str, Any]) ->
         ban = server.runtime.engine.ban(key, ttl, "manual", args.get("reason"))
     except ValueError as e:
         raise CommandError(f"cannot ban {key!r}: {e}") from e
-    server.runtime.audit("ban", _who(request), None, asdict(ban))
+    server.runtime.audit("ban", who_sent(request), None, asdict(ban))
     server.runtime.persist()
     return await _persisted(server, {"ban": asdict(ban)})
 
@@ -118,7 +126,7 @@ async def _unban(server: ControlServer, request: Request, args: dict[str, Any]) 
     key = _text(args, "key")
     lifted = server.runtime.engine.unban(key)
     if lifted:
-        server.runtime.audit("unban", _who(request), key, None)
+        server.runtime.audit("unban", who_sent(request), key, None)
         server.runtime.persist()
     return await _persisted(server, {"key": key, "lifted": lifted})
 
@@ -133,7 +141,7 @@ async def _allow(server: ControlServer, request: Request, args: dict[str, Any]) 
         server.runtime.engine.allow(cidr)
     except ValueError as e:
         raise CommandError(f"cannot allowlist {cidr!r}: {e}") from e
-    server.runtime.audit("allow", _who(request), None, cidr)
+    server.runtime.audit("allow", who_sent(request), None, cidr)
     server.runtime.persist()
     return await _persisted(server, {"allow": server.runtime.engine.allowlist()})
 
@@ -142,14 +150,14 @@ async def _disallow(server: ControlServer, request: Request, args: dict[str, Any
     cidr = _text(args, "cidr")
     removed = server.runtime.engine.disallow(cidr)
     if removed:
-        server.runtime.audit("disallow", _who(request), cidr, None)
+        server.runtime.audit("disallow", who_sent(request), cidr, None)
         server.runtime.persist()
     allow = server.runtime.engine.allowlist()
     return await _persisted(server, {"cidr": cidr, "removed": removed, "allow": allow})
 
 
 async def _reload(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
-    result = await server.runtime.reload(_who(request))
+    result = await server.runtime.reload(who_sent(request))
     if not result.ok:
         raise CommandError(f"reload failed, the running config is unchanged: {result.error}")
     return {"config": result.source, "warnings": list(result.warnings)}
@@ -157,7 +165,7 @@ async def _reload(server: ControlServer, request: Request, args: dict[str, Any])
 
 async def _reopen(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
     server.runtime.reopen()
-    server.runtime.audit("reopen", _who(request))
+    server.runtime.audit("reopen", who_sent(request))
     return {"reopened": [w.name for w in server.runtime.workers]}
 
 
@@ -175,6 +183,12 @@ async def _stats(server: ControlServer, request: Request, args: dict[str, Any]) 
     }
 
 
+async def _metrics(server: ControlServer, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    if server.exposition is None:
+        raise CommandError("this process has no metrics registry")
+    return {"exposition": server.exposition().decode()}
+
+
 COMMANDS: dict[tuple[str, str], Command] = {
     ("GET", "/status"): _status,
     ("GET", "/mode"): _mode,
@@ -188,6 +202,7 @@ COMMANDS: dict[tuple[str, str], Command] = {
     ("POST", "/reload"): _reload,
     ("POST", "/reopen"): _reopen,
     ("GET", "/stats"): _stats,
+    ("GET", "/metrics"): _metrics,
 }
 
 
@@ -212,15 +227,16 @@ def _identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-class ControlServer:
-    """Serves COMMANDS on the Unix socket (and TCP when configured)."""
+class ControlEndpoint:
+    """The admin API's listeners: the Unix socket at `path` (and TCP when `spec.tcp` is set),
+    serving a table of commands. Each command gets this endpoint, the request and its JSON
+    arguments."""
 
-    def __init__(self, runtime: Runtime, extra_status: Callable[[], dict[str, Any]] = dict) -> None:
-        self.runtime = runtime
-        self.extra_status = extra_status
-        spec = runtime.config.control
+    def __init__(self, spec: ControlSpec, path: str, commands: Mapping[tuple[str, str], Command]) -> None:
+        self.spec = spec
+        self.commands = commands
         self.token = read_secret(spec.token_file, spec.token_env, "control") if spec.tcp else None
-        self.path = runtime.config.control_socket
+        self.path = path
         self._servers: list[asyncio.Server] = []
         self._bound: tuple[int, int] | None = None  # (device, inode) of the socket we bound
 
@@ -242,7 +258,7 @@ class ControlServer:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
         self._bound = _identity(self.path)
-        if (tcp := self.runtime.config.control.tcp) is not None:
+        if (tcp := self.spec.tcp) is not None:
             self._servers.append(await asyncio.start_server(serve, tcp[0], tcp[1]))
 
     async def stop(self) -> None:
@@ -263,9 +279,9 @@ class ControlServer:
                 )
         elif not self._token_ok(request.headers.get("authorization", "")):
             return _json(401, {"ok": False, "error": "missing or wrong bearer token"})
-        command = COMMANDS.get((request.method, request.path))
+        command = self.commands.get((request.method, request.path))
         if command is None:
-            known = sorted({path for _, path in COMMANDS})
+            known = sorted({path for _, path in self.commands})
             return _json(
                 404,
                 {"ok": False, "error": f"unknown command {request.method} {request.path}", "commands": known},
@@ -287,6 +303,23 @@ class ControlServer:
             and scheme.lower() == "bearer"
             and hmac.compare_digest(token.strip().encode(), self.token.encode())
         )
+
+
+class ControlServer(ControlEndpoint):
+    """One proxylog process's admin API: COMMANDS on its runtime. `extra_status` adds the
+    data plane's view to `status`; `exposition` is what `GET /metrics` returns (the
+    supervisor of several workers sums theirs)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        extra_status: Callable[[], dict[str, Any]] = dict,
+        exposition: Callable[[], bytes] | None = None,
+    ) -> None:
+        super().__init__(runtime.config.control, runtime.config.control_socket, COMMANDS)
+        self.runtime = runtime
+        self.extra_status = extra_status
+        self.exposition = exposition
 
 
 def _socket_alive(path: str) -> bool:

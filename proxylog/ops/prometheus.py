@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 
 from proxylog import __version__
+from proxylog.config.ops import MetricsSpec
 from proxylog.config.secrets import read_secret
 from proxylog.diagnostics import dropped_log_lines
 from proxylog.metrics import UPSTREAM_BUCKETS
@@ -240,14 +241,14 @@ def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
-class MetricsServer:
-    """Prometheus text exposition on ``GET``/``HEAD /metrics``. With a token configured
+class MetricsEndpoint:
+    """Prometheus text exposition on ``GET``/``HEAD /metrics`` at `spec.listen` (none: not
+    started), rendered by `render` for each scrape. With a token configured
     (`metrics.public`), a scrape without ``Authorization: Bearer <token>`` gets 401."""
 
-    def __init__(self, runtime: Runtime, inflight: Callable[[], int] | None = None) -> None:
-        self.runtime = runtime
-        self.registry = build_registry(runtime, inflight)
-        spec = runtime.config.metrics
+    def __init__(self, spec: MetricsSpec, render: Callable[[], Awaitable[bytes]]) -> None:
+        self.spec = spec
+        self.render = render
         self.token = (
             read_secret(spec.token_file, spec.token_env, "metrics")
             if (spec.token_file or spec.token_env)
@@ -256,10 +257,9 @@ class MetricsServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        listen = self.runtime.config.metrics.listen
-        if listen is not None:
+        if self.spec.listen is not None:
             serve = connection_handler(self.handle, _tcp_peer)
-            self._server = await asyncio.start_server(serve, listen[0], listen[1])
+            self._server = await asyncio.start_server(serve, self.spec.listen[0], self.spec.listen[1])
 
     @property
     def port(self) -> int | None:
@@ -270,12 +270,24 @@ class MetricsServer:
             return Response(404, b"only GET /metrics here\n", "text/plain")
         if self.token is not None and not _bearer_ok(request.headers.get("authorization", ""), self.token):
             return Response(401, b"missing or wrong bearer token\n", "text/plain")
-        return Response(200, exposition(self.registry), "text/plain; version=0.0.4; charset=utf-8")
+        return Response(200, await self.render(), "text/plain; version=0.0.4; charset=utf-8")
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
+
+
+class MetricsServer(MetricsEndpoint):
+    """One proxylog process's metrics: its runtime's and the standard collectors."""
+
+    def __init__(self, runtime: Runtime, inflight: Callable[[], int] | None = None) -> None:
+        self.runtime = runtime
+        self.registry = build_registry(runtime, inflight)
+        super().__init__(runtime.config.metrics, self._render)
+
+    async def _render(self) -> bytes:
+        return exposition(self.registry)
 
 
 def _bearer_ok(header: str, token: str) -> bool:
