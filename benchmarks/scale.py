@@ -1,11 +1,13 @@
-"""Shared state through Redis: its cost at one worker, and how fast a ban reaches another instance.
+"""Scaling out: one and two workers, memory and Redis state, and how fast a ban reaches
+another instance.
 
-    .venv/bin/python benchmarks/scale.py [--duration 10] [--rounds 3] [--bans 100] [--engine mitmproxy]
+    .venv/bin/python benchmarks/scale.py [--duration 10] [--rounds 3] [--bans 100] [--engine fast]
 
 1. Throughput: wrk against `proxylog serve` (file sink, the default rule pack, monitor mode)
-   with `state: memory` and with `state: redis`, rounds interleaved so drift on a shared
-   machine hits both alike; proxy CPU per request from /proc; Redis commands and round
-   trips per request (redis-server's own counter, and the store's).
+   with `state: memory` and with `state: redis`, at `--workers 1` and (fast engine) `--workers
+   2`, rounds interleaved so drift on a shared machine hits all alike; proxy CPU per request
+   from /proc (the supervisor and every worker); Redis commands and round trips per request
+   (redis-server's own counter, and the stores').
 2. Ban propagation: two instances on one Redis; `ban` through A's control socket, then B is
    polled over a keep-alive connection until it answers 403 for that client; p50/p99 over
    `--bans` bans, measured from the moment A's control call returned (the ban is live there).
@@ -29,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from proxylog.cli.ctl import ControlClient
-from tests.conftest import Proxylog, Puma
+from proxylog.ops.client import ControlClient
+from tests.conftest import Proxylog, Puma, free_port
 from tests.state.conftest import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,9 +61,28 @@ def redis_commands(redis: RedisServer) -> int:
     return int(re.search(r"total_commands_processed:(\d+)", info).group(1))  # type: ignore[union-attr]
 
 
-def state_stats(proxy: Proxylog) -> dict[str, Any]:
+def status(proxy: Proxylog) -> dict[str, Any]:
     _, payload = ControlClient(socket_path=str(proxy.control_socket)).call("GET", "/status", None)
-    return dict(payload["state"])
+    return payload
+
+
+def processes(proxy: Proxylog) -> list[int]:
+    """The proxy's pid and, under a supervisor, every worker's."""
+    return [proxy.proc.pid, *(w["pid"] for w in status(proxy).get("workers", []))]
+
+
+def round_trips(proxy: Proxylog) -> int:
+    """The Redis round trips of every store (one per worker)."""
+    workers = status(proxy).get("workers")
+    if not workers:
+        return int(status(proxy)["state"].get("round_trips", 0))
+    state_dir = proxy.control_socket.parent
+    total = 0
+    for worker in workers:
+        socket_path = state_dir / "workers" / str(worker["index"]) / "control.sock"
+        _, payload = ControlClient(socket_path=str(socket_path)).call("GET", "/status", None)
+        total += int(payload["state"].get("round_trips", 0))
+    return total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -76,24 +97,25 @@ def throughput(args: argparse.Namespace, work: Path, puma: Puma, redis: RedisSer
         "mode": "monitor",
         "rules": [{"include": str(ROOT / "configs/rules/default.yaml")}],
     }
-    configs = {
-        "memory": base,
-        "redis": {**base, "state": {"backend": "redis", "url": redis.url, "key_prefix": "bench:"}},
-    }
+    shared = {"state": {"backend": "redis", "url": redis.url, "key_prefix": "bench:"}}
+    configs = {"memory, 1 worker": base, "redis, 1 worker": {**base, **shared}}
+    if args.engine == "fast":
+        configs |= {"memory, 2 workers": {**base, "workers": 2}, "redis, 2 workers": {**base, **shared, "workers": 2}}
     results: dict[str, list[tuple[float, float, float, float, float]]] = {k: [] for k in configs}
     for round_ in range(args.rounds):
         for name, config in configs.items():
-            folder = work / f"{name}-{round_}"
+            folder = work / f"{name.replace(' ', '')}-{round_}"
             folder.mkdir()
-            proxy = Proxylog(folder, config, [], subprocess.DEVNULL)
+            proxy = Proxylog(folder, {"listen": f"127.0.0.1:{free_port()}", **config}, [], subprocess.DEVNULL)
             try:
                 wrk(proxy.url, 2, args.connections)  # warm-up
-                cpu, commands = cpu_seconds(proxy.proc.pid), redis_commands(redis)
-                trips = state_stats(proxy).get("round_trips", 0)
+                pids = processes(proxy)
+                cpu, commands = sum(map(cpu_seconds, pids)), redis_commands(redis)
+                trips = round_trips(proxy)
                 rps, requests, p99 = wrk(proxy.url, args.duration, args.connections)
-                cpu = cpu_seconds(proxy.proc.pid) - cpu
+                cpu = sum(map(cpu_seconds, pids)) - cpu
                 commands = redis_commands(redis) - commands - 2  # less the two INFO calls
-                trips = state_stats(proxy).get("round_trips", 0) - trips
+                trips = round_trips(proxy) - trips
                 per_cpu = cpu / requests * 1e6
                 results[name].append((rps, p99, per_cpu, commands / requests, trips / requests))
                 print(f"round {round_ + 1} {name}: {rps:,.0f} req/s", file=sys.stderr)
@@ -101,7 +123,7 @@ def throughput(args: argparse.Namespace, work: Path, puma: Puma, redis: RedisSer
                 proxy.stop()
                 proxy.close()
     print(
-        f"\n### Throughput at one worker (wrk -t1 -c{args.connections} -d{args.duration}s, "
+        f"\n### Throughput by state backend and workers (wrk -t1 -c{args.connections} -d{args.duration}s, "
         f"{args.rounds} interleaved rounds, median; engine {args.engine})\n"
     )
     print("| state | req/s | p99 ms | proxy CPU µs/req | Redis commands/req | round trips/100 req |")
@@ -114,7 +136,10 @@ def throughput(args: argparse.Namespace, work: Path, puma: Puma, redis: RedisSer
             f"| {name} | {cols[0]:,.0f} | {cols[1]:.2f} | {cols[2]:,.0f} | "
             f"{cols[3]:.3f} | {cols[4] * 100:.2f} |"
         )
-    print(f"\nredis / memory throughput: {medians['redis'] / medians['memory']:.2f}")
+    print(f"\nredis / memory throughput at one worker: {medians['redis, 1 worker'] / medians['memory, 1 worker']:.2f}")
+    if "memory, 2 workers" in medians:
+        print(f"two workers / one, memory: {medians['memory, 2 workers'] / medians['memory, 1 worker']:.2f}")
+        print(f"two workers / one, redis: {medians['redis, 2 workers'] / medians['redis, 1 worker']:.2f}")
     print(
         "All rounds (req/s): "
         + " · ".join(f"{name} " + "/".join(f"{r[0]:,.0f}" for r in rows) for name, rows in results.items())
@@ -170,7 +195,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--bans", type=int, default=100)
-    parser.add_argument("--engine", default="mitmproxy", choices=("mitmproxy", "fast", "auto"))
+    parser.add_argument(
+        "--engine", default="fast", choices=("mitmproxy", "fast", "auto"), help="two workers need fast"
+    )
     args = parser.parse_args()
     for tool in ("puma", "redis-server", "wrk"):
         if not shutil.which(tool):
