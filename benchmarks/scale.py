@@ -100,7 +100,8 @@ def throughput(args: argparse.Namespace, work: Path, puma: Puma, redis: RedisSer
     shared = {"state": {"backend": "redis", "url": redis.url, "key_prefix": "bench:"}}
     configs = {"memory, 1 worker": base, "redis, 1 worker": {**base, **shared}}
     if args.engine == "fast":
-        configs |= {"memory, 2 workers": {**base, "workers": 2}, "redis, 2 workers": {**base, **shared, "workers": 2}}
+        configs["memory, 2 workers"] = {**base, "workers": 2}
+        configs["redis, 2 workers"] = {**base, **shared, "workers": 2}
     results: dict[str, list[tuple[float, float, float, float, float]]] = {k: [] for k in configs}
     for round_ in range(args.rounds):
         for name, config in configs.items():
@@ -136,7 +137,8 @@ def throughput(args: argparse.Namespace, work: Path, puma: Puma, redis: RedisSer
             f"| {name} | {cols[0]:,.0f} | {cols[1]:.2f} | {cols[2]:,.0f} | "
             f"{cols[3]:.3f} | {cols[4] * 100:.2f} |"
         )
-    print(f"\nredis / memory throughput at one worker: {medians['redis, 1 worker'] / medians['memory, 1 worker']:.2f}")
+    ratio = medians["redis, 1 worker"] / medians["memory, 1 worker"]
+    print(f"\nredis / memory throughput at one worker: {ratio:.2f}")
     if "memory, 2 workers" in medians:
         print(f"two workers / one, memory: {medians['memory, 2 workers'] / medians['memory, 1 worker']:.2f}")
         print(f"two workers / one, redis: {medians['redis, 2 workers'] / medians['redis, 1 worker']:.2f}")
