@@ -72,12 +72,14 @@ def main() -> int:
     time.sleep(2)  # both workers booted
     upstream = f"http://127.0.0.1:{puma_port}"
 
-    def proxylog(engine: str) -> Callable[[int], subprocess.Popen[bytes]]:
-        config = work / f"proxylog-{engine}.yaml"
+    def proxylog(engine: str, workers: int = 1) -> Callable[[int], subprocess.Popen[bytes]]:
+        name = f"{engine}-{workers}"
+        config = work / f"proxylog-{name}.yaml"
         config.write_text(
             f"engine: {engine}\n"
-            f"sinks: [{{type: file, path: {work}/access-{engine}.jsonl}}]\n"
-            f"state_dir: {work}/state-{engine}\n"
+            f"workers: {workers}\n"
+            f"sinks: [{{type: file, path: {work}/access-{name}.jsonl}}]\n"
+            f"state_dir: {work}/state-{name}\n"
             f"rules: [{{include: {ROOT}/configs/rules/default.yaml}}]\n"
         )
 
@@ -92,6 +94,7 @@ def main() -> int:
         "nginx + JSON access log": lambda port: nginx(puma_port, port, work),
         "proxylog, engine mitmproxy": proxylog("mitmproxy"),
         "proxylog, engine fast": proxylog("fast"),
+        "proxylog, engine fast, 2 workers": proxylog("fast", workers=2),
     }
     results: dict[str, list[Result]] = {name: [] for name in paths}
     try:
