@@ -30,7 +30,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 def _proxylog_executable(tmp_path: Path) -> Path:
     """An executable standing in for the installed `proxylog` (systemd checks it exists)."""
     script = tmp_path / "proxylog"
-    script.write_text(f"#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m proxylog.cli \"$@\"\n")
+    script.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m proxylog.cli "$@"\n')
     script.chmod(0o755)
     return script
 
@@ -48,7 +48,13 @@ def test_the_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     """`systemd-analyze verify` accepts the unit without a single warning, it reloads through
     `ctl reload`, has its runtime and state directories, and its exposure is low."""
     text = UNIT.read_text()
-    for key in ("RuntimeDirectory=proxylog", "StateDirectory=proxylog", "NoNewPrivileges=true"):
+    # KillMode=mixed: SIGTERM to the supervisor only, which drains its workers.
+    for key in (
+        "RuntimeDirectory=proxylog",
+        "StateDirectory=proxylog",
+        "NoNewPrivileges=true",
+        "KillMode=mixed",
+    ):
         assert key in text
     assert re.search(r"^ExecReload=\S+ ctl --config \S+ reload$", text, re.M)
     unit = tmp_path / "proxylog.service"
@@ -77,9 +83,7 @@ def _send(url: str, paths: list[str]) -> None:
         assert request(url, path).status == 200
 
 
-def test_logrotate_with_ctl_reopen_loses_and_duplicates_nothing(
-    start_proxylog, tmp_path: Path
-) -> None:
+def test_logrotate_with_ctl_reopen_loses_and_duplicates_nothing(start_proxylog, tmp_path: Path) -> None:
     """`logrotate -f` with the shipped snippet rotates a live proxylog's file sink under
     traffic: every request is in exactly one of the files, the later ones in the new file."""
     if shutil.which("logrotate") is None:
@@ -102,7 +106,10 @@ def test_logrotate_with_ctl_reopen_loses_and_duplicates_nothing(
     sender.start()
     rotated = subprocess.run(
         ["logrotate", "-f", "-v", "-s", str(tmp_path / "logrotate.state"), str(conf)],
-        capture_output=True, text=True, timeout=120, env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
     )
     sender.join(120)
     assert rotated.returncode == 0, rotated.stdout + rotated.stderr
@@ -169,7 +176,9 @@ def test_the_container_config_serves_and_its_healthcheck_tells_up_from_down(
     health = [*PROXYLOG, *[arg.replace(image_config, str(config)) for arg in healthcheck[1:]]]
     serve = subprocess.Popen(
         [*PROXYLOG, "serve", "-c", str(config), "--listen", f"127.0.0.1:{port}", "--upstream", puma.url],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_for_port(port)
@@ -186,9 +195,7 @@ def test_the_container_config_serves_and_its_healthcheck_tells_up_from_down(
     assert down.returncode == 3, down.stderr
 
 
-@pytest.mark.parametrize(
-    "example", ["container/proxylog.yaml", "nginx/proxylog.yaml", "alb/proxylog.yaml"]
-)
+@pytest.mark.parametrize("example", ["container/proxylog.yaml", "nginx/proxylog.yaml", "alb/proxylog.yaml"])
 def test_the_example_configs_are_valid(example: str, tmp_path: Path) -> None:
     """Each example config loads; the ones behind a proxy trust only narrow ranges."""
     path = _container_etc(tmp_path) if example.startswith("container/") else DEPLOY / example
@@ -208,8 +215,9 @@ def test_the_nginx_example_passes_nginx_t(tmp_path: Path) -> None:
         f"http {{\naccess_log off;\nclient_body_temp_path {tmp_path};\nproxy_temp_path {tmp_path};\n"
         f"include {DEPLOY / 'nginx' / 'proxylog.conf'};\n}}\n"
     )
-    result = subprocess.run([nginx, "-t", "-c", str(conf), "-p", str(tmp_path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [nginx, "-t", "-c", str(conf), "-p", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
 
 
