@@ -21,8 +21,8 @@ STOP_TIMEOUT_S = 2.0
 class _CappedFormatter(logging.Formatter):
     """One line per event: secrets cleaned (`clean`), control characters escaped, capped."""
 
-    def __init__(self, max_bytes: int, clean: Callable[[str], str] | None = None) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    def __init__(self, max_bytes: int, clean: Callable[[str], str] | None = None, who: str = "") -> None:
+        super().__init__(f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
         self.max_bytes = max_bytes
         self.clean = clean
 
@@ -94,15 +94,19 @@ class _DroppingQueueListener(logging.handlers.QueueListener):
         self._thread = None
 
 
-def setup_logging(spec: LogSpec, clean: Callable[[str], str] | None = None) -> logging.handlers.QueueListener:
+def setup_logging(
+    spec: LogSpec, clean: Callable[[str], str] | None = None, worker: int | None = None
+) -> logging.handlers.QueueListener:
     """Route every log line to stderr through a bounded queue and one writer thread.
 
     `clean` redacts secrets from each line (mitmproxy's debug logs quote raw request bytes).
     Multi-line messages and control characters are escaped by the formatter, so one event
-    is one stderr line. Returns the listener; call `.stop()` at exit to flush it (it never
-    blocks for long nor raises, even when nobody reads stderr).
+    is one stderr line; a supervisor's `worker` names itself on each. Returns the listener;
+    call `.stop()` at exit to flush it (it never blocks for long nor raises, even when nobody
+    reads stderr).
     """
-    stderr = _StderrWriter(_CappedFormatter(spec.max_line_bytes, clean))
+    who = "" if worker is None else f"[worker {worker}] "
+    stderr = _StderrWriter(_CappedFormatter(spec.max_line_bytes, clean, who))
     records: queue.Queue[logging.LogRecord] = queue.Queue(QUEUE_SIZE)
     listener = _DroppingQueueListener(records, stderr, respect_handler_level=False)  # type: ignore[arg-type]
     root = logging.getLogger()

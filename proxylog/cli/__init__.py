@@ -300,7 +300,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         proxy_modes(config)
     # The formatter runs on the log thread: it gets a Redactor of its own.
-    listener = setup_logging(config.log, Redactor(config.redact).clean_text)
+    listener = setup_logging(config.log, Redactor(config.redact).clean_text, args.worker)
     try:
         if config.workers > 1 and args.worker is None:
             from proxylog.workers import Supervisor
