@@ -176,6 +176,7 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_its_connections(start_w
         lambda: [r for r in worker_records(proxy, 0) if r["event"]["action"] == "worker.restarted"]
     )
     assert restarted[0]["proxylog"]["worker"]["pid"] == victim
+    assert any("[worker 0] proxylog: worker 0 restarted" in line for line in proxy.stderr_lines)
     assert {request(proxy.url, f"/w-new/{i}").status for i in range(20)} == {200}
     for conn in conns:
         conn.close()
