@@ -67,12 +67,17 @@ UPSTREAM_SCHEMES = ("http", "https")
 @dataclass(frozen=True, slots=True)
 class TimeoutSpec:
     """Seconds: upstream = request end → response headers; drain = shutdown grace; idle = keep-alive;
-    header = a connection's time to send complete request headers (slowloris guard, 0 = off)."""
+    header = a connection's time to send complete request headers (slowloris guard, 0 = off).
+    A request body must arrive at `body_rate` bytes/s or more, averaged over each
+    `body_window` (0 = off); `write` is how long a client may leave its response unread."""
 
     upstream: float = 60.0
     drain: float = 30.0
     idle: float = 120.0
     header: float = 10.0
+    body_rate: int = 1024
+    body_window: float = 10.0
+    write: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,7 @@ class LimitSpec:
     body_size: int | None = None
     stream_threshold: int = 1024 * 1024
     header_bytes: int = 64 * 1024
+    connections_per_client: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,18 +300,21 @@ def _parse_trusted_proxies(node: Node) -> tuple[IPNetwork, ...]:
 
 
 def _parse_timeouts(node: Node) -> TimeoutSpec:
-    fields = node.fields({"upstream", "drain", "idle", "header"})
+    fields = node.fields({"upstream", "drain", "idle", "header", "body_rate", "body_window", "write"})
     defaults = TimeoutSpec()
     return TimeoutSpec(
         upstream=optional(fields.get("upstream"), lambda n: n.duration(min=0.001), defaults.upstream),
         drain=optional(fields.get("drain"), lambda n: n.duration(), defaults.drain),
         idle=optional(fields.get("idle"), lambda n: n.duration(min=1), defaults.idle),
         header=optional(fields.get("header"), lambda n: n.duration(), defaults.header),
+        body_rate=optional(fields.get("body_rate"), lambda n: n.size(), defaults.body_rate),
+        body_window=optional(fields.get("body_window"), lambda n: n.duration(), defaults.body_window),
+        write=optional(fields.get("write"), lambda n: n.duration(), defaults.write),
     )
 
 
 def _parse_limits(node: Node) -> LimitSpec:
-    fields = node.fields({"body_size", "stream_threshold", "header_bytes"})
+    fields = node.fields({"body_size", "stream_threshold", "header_bytes", "connections_per_client"})
     defaults = LimitSpec()
     return LimitSpec(
         body_size=optional(fields.get("body_size"), lambda n: n.size(min=1), defaults.body_size),
@@ -313,6 +322,9 @@ def _parse_limits(node: Node) -> LimitSpec:
             fields.get("stream_threshold"), lambda n: n.size(min=1), defaults.stream_threshold
         ),
         header_bytes=optional(fields.get("header_bytes"), lambda n: n.size(min=1024), defaults.header_bytes),
+        connections_per_client=optional(
+            fields.get("connections_per_client"), lambda n: n.integer(min=1), defaults.connections_per_client
+        ),
     )
 
 

@@ -72,6 +72,10 @@ def test_an_empty_file_means_defaults() -> None:
         ({"timeouts": {"upstream": -1}}, "timeouts.upstream", "at least"),
         ({"timeouts": {"idle": "0s"}}, "timeouts.idle", "at least"),
         ({"limits": {"body_size": "lots"}}, "limits.body_size", "size"),
+        ({"timeouts": {"body_rate": "fast"}}, "timeouts.body_rate", "size"),
+        ({"timeouts": {"body_window": "a while"}}, "timeouts.body_window", "duration"),
+        ({"timeouts": {"write": -2}}, "timeouts.write", "at least"),
+        ({"limits": {"connections_per_client": 0}}, "limits.connections_per_client", "at least 1"),
         ({"record": {"headers": ["bad header"]}}, "record.headers[0]", "header name"),
         ({"record": {"max_field_bytes": 10}}, "record.max_field_bytes", "at least"),
         ({"record": "nested"}, "record", "mapping"),
@@ -257,3 +261,22 @@ def test_check_creates_nothing(tmp_path: Path) -> None:
     result = _check(file)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dirs.yaml"]
+
+
+def test_slow_client_limits_reach_the_fast_plane() -> None:
+    """`timeouts.body_rate/body_window/write` and `limits.connections_per_client` are what
+    the fast plane enforces (its defaults otherwise)."""
+    from proxylog.fast.plane import fast_options
+
+    config = parse_config(
+        {
+            "timeouts": {"body_rate": "2k", "body_window": "5s", "write": "30s"},
+            "limits": {"connections_per_client": 16},
+        }
+    )
+    options = fast_options(config)
+    assert (options.body_rate, options.body_window, options.write_timeout) == (2048, 5.0, 30.0)
+    assert options.connections_per_client == 16
+    defaults = fast_options(Config())
+    assert (defaults.body_rate, defaults.body_window, defaults.write_timeout) == (1024, 10.0, 60.0)
+    assert defaults.connections_per_client == 64
