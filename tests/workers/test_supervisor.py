@@ -265,3 +265,20 @@ def test_workers_that_cannot_run_are_refused_naming_the_key(
     )
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_check_refuses_workers_the_engine_cannot_run(tmp_path: Path) -> None:
+    config = tmp_path / "proxylog.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"workers": 2, "engine": "mitmproxy", "listen": "127.0.0.1:8080", "state_dir": str(tmp_path)}
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "proxylog.cli", "check", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "workers: 2 workers need the fast engine" in done.stderr
