@@ -329,6 +329,9 @@ class Supervisor:
                 await self._wait_ready(worker)
             except StartupFailed as e:
                 logger.error("%s", e)
+                if worker.alive:  # hung before listening: replaced like a dead one
+                    assert worker.proc is not None
+                    worker.proc.kill()
                 continue
             if not self.shared_state:
                 async with self._lock:
