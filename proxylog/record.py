@@ -108,6 +108,7 @@ class AccessRecord(NamedTuple):
     truncated: tuple[str, ...] = ()
     request_body: Any = None
     url_port: int | None = None  # the port the client addressed (Host), when it named one
+    ban_rule: str | None = None  # the rule of a ban covering the client (refused for it)
 
 
 def cap_text(value: str, max_bytes: int) -> tuple[str, bool]:
@@ -152,10 +153,13 @@ _ACTION_TYPE = {"blocked": "denied", "would_block": "allowed"}
 
 
 def _deciding_rule(record: AccessRecord) -> dict[str, str] | None:
-    """ECS `rule.*` for the rule that reached its threshold on this request, if any."""
+    """ECS `rule.*` for the rule that reached its threshold on this request, else for the
+    rule whose ban covers the client, if any."""
     for hit in record.rules:
         if hit.count >= hit.threshold:
             return {"id": hit.id, "name": hit.id, "ruleset": RULESET}
+    if record.ban_rule is not None:
+        return {"id": record.ban_rule, "name": record.ban_rule, "ruleset": RULESET}
     return None
 
 

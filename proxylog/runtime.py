@@ -147,6 +147,7 @@ class Runtime:
                     self.emit_document,
                     clock=self.clock,
                     clean=self._clean_text,
+                    anonymize=self._anonymize_client,
                     previous=self.alerts,
                 )
                 if config.alerts
@@ -381,6 +382,10 @@ class Runtime:
         Redactor would log it."""
         return self.redactor.clean_text(text)
 
+    def _anonymize_client(self, ip: str) -> str:
+        """A client address as the current Redactor writes it into records."""
+        return self.redactor.anonymize_ip(ip) if self.redactor.spec.anonymize_ip else ip
+
     def _reload_failed(self, who: str, source: str, error: ConfigError) -> ReloadResult:
         self.metrics.reloads["failed"] += 1
         self.audit("reload", who, source, None, ok=False, error=self._clean_text(str(error)))
@@ -467,7 +472,7 @@ class Runtime:
 
     def _emit_ban(self, event: RuleEvent) -> None:
         """A ban imposed or ended, into the stream of every sink (alerts or not)."""
-        key = self.redactor.anonymize_ip(event.key) if self.redactor.spec.anonymize_ip else event.key
+        key = self._anonymize_client(event.key)
         if event.kind == "ban":
             self.metrics.bans["created"] += 1
             extra = {"count": event.count, "threshold": event.threshold} if event.threshold else {}

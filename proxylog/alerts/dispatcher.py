@@ -36,11 +36,16 @@ class _Shared:
     """What the channels use of their dispatcher, kept across reloads with the channels."""
 
     def __init__(
-        self, emit: Callable[[dict[str, Any]], None], clock: Callable[[], float], clean: Callable[[str], str]
+        self,
+        emit: Callable[[dict[str, Any]], None],
+        clock: Callable[[], float],
+        clean: Callable[[str], str],
+        anonymize: Callable[[str], str],
     ) -> None:
         self.emit = emit
         self.clock = clock
         self._clean = clean
+        self.anonymize = anonymize
         self.evidence = Evidence()
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -93,16 +98,21 @@ class AlertDispatcher:
         *,
         clock: Callable[[], float] = time.time,
         clean: Callable[[str], str] = str,
+        anonymize: Callable[[str], str] = str,
         previous: AlertDispatcher | None = None,
         host: str | None = None,
     ) -> None:
         """`clean` redacts free text (an error quoting a collector's reply) before an alert
-        carries it anywhere; `previous` lends its unchanged channels (it is not changed: the
-        caller closes it with `close(keep=…)` once this one is in use)."""
+        carries it anywhere; `anonymize` turns a client key into what records show of it
+        (`redact.anonymize_ip`: its /24 or /48), so no channel gets more than a sink;
+        `previous` lends its unchanged channels (it is not changed: the caller closes it with
+        `close(keep=…)` once this one is in use)."""
         self.specs = specs
         self.host: str = host or (previous.host if previous is not None else socket.gethostname())
         self.suppressed: int = previous.suppressed if previous is not None else 0
-        shared: _Shared = previous._shared if previous is not None else _Shared(emit_document, clock, clean)
+        shared: _Shared = (
+            previous._shared if previous is not None else _Shared(emit_document, clock, clean, anonymize)
+        )
         kept: dict[AlertSpec, Channel] = {}
         if previous is not None:
             kept = {channel.spec: channel for channel in previous.channels}
@@ -110,7 +120,7 @@ class AlertDispatcher:
             kept.get(spec) or build_channel(spec, shared, f"alerts[{index}]")
             for index, spec in enumerate(specs)
         ]
-        shared.emit, shared.clock, shared._clean = emit_document, clock, clean
+        shared.emit, shared.clock, shared._clean, shared.anonymize = emit_document, clock, clean, anonymize
         self._shared = shared
 
     @property
@@ -127,6 +137,7 @@ class AlertDispatcher:
         until, error); text in it is redacted first."""
         shared = self._shared
         now = shared.clock()
+        key = self._key(kind, key)
         fields: dict[str, Any] = {
             name: shared.clean(value) if isinstance(value, str) and name == "error" else value
             for name, value in context.items()
@@ -150,6 +161,7 @@ class AlertDispatcher:
         with `resolve: true` that sent its trigger; recorded in the stream when any does."""
         shared = self._shared
         now = shared.clock()
+        key = self._key(kind, key)
         alert = Alert(kind, rule, key, now, self.host, proxylog.__version__, action="resolve", **context)
         accepted = [channel for channel in self.channels if channel.resolve(alert.slot)]
         if not accepted:
@@ -157,6 +169,11 @@ class AlertDispatcher:
         shared.emit(event_document("alert", "intrusion_detection", now, alert=alert.to_dict()))
         for channel in accepted:
             channel.enqueue(alert)
+
+    def _key(self, kind: str, key: str) -> str:
+        """A client key as the records show the client (anonymised or not); the evidence is
+        kept under that same key, since it is fed from redacted records."""
+        return self._shared.anonymize(key) if kind in CLIENT_KINDS else key
 
     def tick(self) -> None:
         """Resolve the ban incidents whose ban has run out (a ban that expires while no request

@@ -62,6 +62,7 @@ class Pipeline:
         if verdict.tags:
             add_tags(ex, verdict.tags)
         ex.hits = verdict.rules
+        ex.ban_rule = verdict.ban_rule
         return self._enforce(ex, verdict)
 
     def body_limit(self, ex: Exchange) -> int:

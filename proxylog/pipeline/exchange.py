@@ -85,6 +85,7 @@ class Exchange:
     action: Action = "allowed"
     tags: tuple[str, ...] = ()
     hits: tuple[RuleHit, ...] = ()
+    ban_rule: str | None = None  # the rule of the ban covering the client
     enforced: bool = False
     # reported by the data plane
     request_body_bytes: int = 0

@@ -112,6 +112,7 @@ def record_for(
         enforced=ex.enforced,
         tags=ex.tags,
         rules=ex.hits,
+        ban_rule=ex.ban_rule,
         truncated=tuple(truncated),
         request_body=captured_body,
         url_port=_port(ex.host),

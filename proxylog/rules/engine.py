@@ -337,6 +337,7 @@ class RuleEngine:
         rule = self._rules.get(ban.rule)
         out.tags.extend(rule.tags if rule is not None else ("banned",))
         reason = f"banned {ban.key} ({ban.rule}) until {format_timestamp(ban.until)}"
+        out.ban_rule = ban.rule
         out.block(
             rule.mode if rule is not None else None,
             rule.status if rule is not None else 403,

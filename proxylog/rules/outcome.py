@@ -26,7 +26,7 @@ class Outcome:
     """A verdict being assembled. Of the contributions that would block, the one most sure to
     be enforced wins (a rule forcing enforce, then the live mode, then monitor-only rules)."""
 
-    __slots__ = ("body", "hits", "rank", "reason", "retry_after", "status", "tags")
+    __slots__ = ("ban_rule", "body", "hits", "rank", "reason", "retry_after", "status", "tags")
 
     def __init__(self) -> None:
         self.tags: list[str] = []
@@ -36,6 +36,7 @@ class Outcome:
         self.retry_after: int | None = None
         self.body: str | None = None
         self.reason: str | None = None
+        self.ban_rule: str | None = None
 
     def block(
         self, mode: Mode | None, status: int, retry_after: int | None, body: str | None, reason: str
@@ -58,4 +59,5 @@ class Outcome:
             rules=tuple(self.hits),
             reason=self.reason,
             body=self.body,
+            ban_rule=self.ban_rule,
         )

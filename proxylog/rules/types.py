@@ -55,6 +55,7 @@ class Verdict:
     rules: tuple[RuleHit, ...] = ()
     reason: str | None = None
     body: str | None = None
+    ban_rule: str | None = None  # the rule whose active ban covers the client, if one does
 
 
     def enforced(self, live: Mode) -> bool:

@@ -19,9 +19,10 @@ from proxylog.errors import SinkError
 from proxylog.rules.types import RequestFacts
 from proxylog.runtime import Runtime
 from proxylog.testing import FakeClock, MemorySink, make_record
-from tests.alerts._receivers import PagerDutyReceiver, pagerduty_errors
+from tests.alerts._receivers import PagerDutyReceiver, SmtpReceiver, pagerduty_errors
 from tests.alerts.test_alerts import documents, until
-from tests.alerts.test_alerts_e2e import RULES
+from tests.alerts.test_alerts_e2e import RULES, email_channel
+from tests.ops.test_control import _Receiver as WebhookReceiver
 
 ROUTING_KEY = "R0UT1NGKEY0123456789abcdefABCDEF"  # 32 characters, like a real integration key
 
@@ -259,3 +260,49 @@ async def test_a_sink_that_recovers_resolves_its_incident(pagerduty, routing_key
         ("trigger", "proxylog/sink_failure/sink/memory@" + runtime.alerts.host),  # type: ignore[union-attr]
         ("resolve", "proxylog/sink_failure/sink/memory@" + runtime.alerts.host),  # type: ignore[union-attr]
     ]
+
+
+async def test_with_anonymize_ip_no_channel_gets_the_clients_address(
+    pagerduty, routing_key, tmp_path
+) -> None:
+    """`redact.anonymize_ip` hides the client's address from every alert as from every record:
+    PagerDuty (summary, dedup key, details), a webhook, Slack and a mail get its /24, with the
+    context of the anonymised records, and lifting the ban resolves the same incident."""
+    hook = WebhookReceiver()
+    smtp = SmtpReceiver(tmp_path, "starttls", credentials=("proxylog", "mail-secret"))
+    try:
+        clock = FakeClock()
+        channels = [
+            pd_spec(pagerduty, routing_key, resolve=True),
+            {"type": "webhook", "url": hook.url, "group": "20ms"},
+            {"type": "slack", "url": hook.url, "group": "20ms"},
+            email_channel(tmp_path, smtp.port, ca_file=str(smtp.cert), group="20ms"),
+        ]
+        config = parse_config({"rules": RULES, "alerts": channels, "redact": {"anonymize_ip": True}})
+        runtime = Runtime(config, sinks=[sink := MemorySink()], clock=clock)
+        runtime.start()
+        for path in ("/.env", "/.git/config", "/wp-login.php"):
+            runtime.engine.check(facts(path, clock.now))
+            runtime.emit(make_record(path=path, timestamp=clock.now))
+            clock.advance(1)
+        [trigger] = await until(lambda: [e for e in pagerduty.events if e["payload"]["class"] == "ban"])
+        posts = await until(lambda: len(hook.posts) >= 2 and hook.posts)
+        assert trigger["dedup_key"] == "proxylog/ban/probing/203.0.113.0"
+        assert "ban 203.0.113.0 by probing" in trigger["payload"]["summary"]
+        assert trigger["payload"]["custom_details"]["requests"] == "3"
+        [alert] = [a for post in posts for a in post["body"].get("alerts", []) if a["kind"] == "ban"]
+        assert alert["key"] == "203.0.113.0" and alert["client"]["requests"] == 3
+        [text] = [post["body"]["text"] for post in posts if "text" in post["body"]]
+        assert "ban 203.0.113.0 by probing" in text
+        [mail] = smtp.wait(1)
+        assert mail.message["Subject"].startswith("[proxylog] ban 203.0.113.0 by probing on ")
+        content = mail.message.get_content()
+        assert runtime.engine.unban("203.0.113.7")
+        resolves = await until(lambda: [e for e in pagerduty.events if e["event_action"] == "resolve"])
+        assert resolves[0]["dedup_key"] == trigger["dedup_key"]
+        await runtime.close(5)
+        assert "203.0.113.7" not in str(pagerduty.events) + str(hook.posts) + str(sink.lines) + content
+        assert pagerduty.rejected == []
+    finally:
+        hook.close()
+        smtp.close()

@@ -16,10 +16,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxylog.config import ConfigError, parse_config
 from tests._http import request
 from tests.conftest import ROOT, free_port
-from tests.ops.test_control import ctl
+from tests.ops.test_control import ctl, wait_until
+from tests.state.conftest import RedisServer, redis_server  # noqa: F401 (the fixture)
 
 MONITORING = ROOT / "deploy" / "monitoring"
 NAMES = re.compile(r"\b(?:proxylog|process|python)_[a-z0-9_]+\b")
+# Exposed only with a shared state backend (`state: {backend: redis}`): checked against a
+# redis-backed proxylog below.
+STATE = "proxylog_state_"
 
 
 @pytest.mark.parametrize(
@@ -59,6 +63,14 @@ def _used_names() -> set[str]:
     return {name for expr in exprs for name in NAMES.findall(expr)}
 
 
+def _samples(body: bytes) -> dict[str, list]:
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
 def test_a_live_scrape_has_what_monitoring_needs(start_proxylog, tmp_path: Path) -> None:
     """A running proxylog's /metrics answers only with the token, to HEAD as to GET, and has
     the standard collectors, build info, in flight, durations, bytes, bans and sink outcomes;
@@ -78,11 +90,8 @@ def test_a_live_scrape_has_what_monitoring_needs(start_proxylog, tmp_path: Path)
     assert status == 200 and head_body == b"" and int(head_headers["Content-Length"]) > 0
     status, body, _ = _scrape(port, "s3cret-scrape-token")
     assert status == 200
-    samples = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    missing = sorted(_used_names() - set(samples))
+    samples = _samples(body)
+    missing = sorted({name for name in _used_names() if not name.startswith(STATE)} - set(samples))
     assert not missing, f"used by deploy/monitoring but not exposed: {missing}"
     assert len(_used_names()) > 15
 
@@ -97,3 +106,29 @@ def test_a_live_scrape_has_what_monitoring_needs(start_proxylog, tmp_path: Path)
     [info] = samples["proxylog_build_info"]
     assert info.labels["version"] and info.labels["python"]
     assert value("proxylog_sink_records_total", outcome="written") >= 2
+
+
+def test_the_redis_degraded_alert_names_metrics_a_redis_backed_proxylog_exposes(
+    start_proxylog,
+    redis_server: RedisServer,  # noqa: F811 (the imported fixture)
+) -> None:
+    """The alert rules' `proxylog_state_*` metrics exist with a Redis state backend, and
+    `proxylog_state_degraded` turns 1 when redis-server dies, which is what the Redis
+    degraded alert fires on."""
+    port = free_port()
+    state = {"backend": "redis", "url": redis_server.url, "key_prefix": "metrics:"}
+    proxy = start_proxylog({"metrics": {"listen": f"127.0.0.1:{port}"}, "state": state})
+    assert request(proxy.url, "/a").status == 200
+    used = {name for name in _used_names() if name.startswith(STATE)}
+    assert "proxylog_state_degraded" in used
+    samples = _samples(_scrape(port, None)[1])
+    missing = sorted(used - set(samples))
+    assert not missing, f"used by deploy/monitoring but not exposed: {missing}"
+
+    def degraded() -> list[float]:
+        return [s.value for s in _samples(_scrape(port, None)[1])["proxylog_state_degraded"]]
+
+    assert degraded() == [0.0]
+    redis_server.stop()
+    assert request(proxy.url, "/b").status == 200
+    assert wait_until(lambda: degraded() == [1.0])
