@@ -150,14 +150,16 @@ class Supervisor:
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig.name)
-        loop.add_signal_handler(signal.SIGHUP, self._spawn_task, self._sighup)
+        loop.add_signal_handler(signal.SIGHUP, self._spawn_task, lambda: self._reload_logged("SIGHUP"))
         self._tasks += [loop.create_task(self._keep(w)) for w in self.workers]
         if not self.shared_state and len(self.workers) > 1:
             self._tasks.append(loop.create_task(self._share_bans_forever()))
         if self.config.control.watch and self.config.source:
             interval = self.config.control.watch_interval
             self._tasks.append(
-                loop.create_task(watch_file(self.config.source, interval, lambda: self.reload("file watch")))
+                loop.create_task(
+                    watch_file(self.config.source, interval, lambda: self._reload_logged("file watch"))
+                )
             )
         try:
             await self._stopped.wait()
@@ -170,9 +172,11 @@ class Supervisor:
             await metrics.stop()
         return 0
 
-    async def _sighup(self) -> None:
-        with contextlib.suppress(CommandError):  # logged by reload
-            await self.reload("SIGHUP")
+    async def _reload_logged(self, who: str) -> None:
+        """A reload nobody waits for the answer of (SIGHUP, the file watch): a refusal is
+        logged by `reload`, and the watch goes on."""
+        with contextlib.suppress(CommandError):
+            await self.reload(who)
 
     def _spawn_task(self, make: Callable[[], Any]) -> None:
         task = asyncio.get_running_loop().create_task(make())

@@ -220,9 +220,14 @@ def test_a_reload_is_validated_once_and_applies_to_all_or_none(start_workers) ->
     assert not [r for r in worker_records(proxy) if r["event"]["action"] == "audit.reload"]
     data = yaml.safe_load(good)
     proxy.config_path.write_text(yaml.safe_dump({**data, "rules": PROBE}))
+    proxy.proc.send_signal(signal.SIGHUP)  # validated once, then every worker reloads
+
+    def reloads() -> list[dict[str, Any]]:
+        return [r for r in worker_records(proxy) if r["event"]["action"] == "audit.reload"]
+
+    assert len(wait_until(lambda: len(reloads()) == 2 and reloads())) == 2
     assert ctl(proxy, "reload").returncode == 0
-    reloads = wait_until(lambda: [r for r in worker_records(proxy) if r["event"]["action"] == "audit.reload"])
-    assert len(reloads) == 2
+    assert len(wait_until(lambda: len(reloads()) == 4 and reloads())) == 4
 
 
 def test_workers_die_with_their_supervisor(start_workers) -> None:
