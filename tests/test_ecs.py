@@ -45,6 +45,7 @@ RECORDS: dict[str, AccessRecord] = {
     "JSON body captured": make_record(method="POST", request_body={"user": "a", "password": "[REDACTED]"}),
     "text body captured": make_record(method="POST", request_body="plain text"),
     "IPv6 client": make_record(client_ip="2001:db8::1", source_ip="2001:db8::1"),
+    "refused by an active ban": make_record(status=403, action="blocked", enforced=True, ban_rule="probe"),
     "an inspection rule's score": make_record(
         status=403,
         action="blocked",
@@ -172,6 +173,24 @@ def _facts(ip: str, ts: float) -> Any:
     from proxylog.rules import RequestFacts
 
     return RequestFacts(ts, ip, "GET", "/", None, None, frozenset(), "app.example.com")
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_a_request_refused_by_a_ban_names_the_banning_rule(schema: Schema) -> None:
+    """A request an active ban refuses matches no rule itself; its record's rule.* is the
+    ban's rule (`manual` for an operator's ban), and it is ECS."""
+    runtime, _, clock = _runtime(schema, mode="enforce")
+    runtime.engine.ban("192.0.2.10", 60.0)
+    verdict = runtime.engine.check(_facts("192.0.2.10", clock()))
+    assert verdict.block and verdict.rules == ()
+    record = make_record(
+        client_ip="192.0.2.10", status=403, action="blocked", enforced=True, ban_rule=verdict.ban_rule
+    )
+    doc = _decode(encode_record(record, schema))
+    assert_ecs(doc)
+    event = flat(doc)
+    assert (event["rule.id"], event["rule.name"], event["rule.ruleset"]) == ("manual", "manual", "proxylog")
+    assert event["event.type"] == ["access", "denied"]
 
 
 def test_alert_events_are_ecs_alerts() -> None:

@@ -52,6 +52,7 @@ def test_every_line_of_a_live_stream_is_ecs(start_proxylog, tmp_path: Path, sche
     prefix = "/" + uuid.uuid4().hex[:12]
     request(proxy.url, f"{prefix}/ok?q=1", headers=[("Referer", "https://r.example/"), ("X-Trace", "t")])
     assert [request(proxy.url, f"{prefix}/secret").status for _ in range(3)] == [200, 403, 403]
+    assert request(proxy.url, f"{prefix}/banned").status == 403  # matches no rule: the ban refuses it
     _malformed(proxy.port)
     _ctl(proxy.control_socket, "unban", "127.0.0.1")
     _ctl(proxy.control_socket, "ban", "192.0.2.0/24", "--ttl", "1m", "--reason", "noisy")
@@ -69,6 +70,10 @@ def test_every_line_of_a_live_stream_is_ecs(start_proxylog, tmp_path: Path, sche
     assert any(event.get("error.type") == "request_invalid" for event in events)
     [ban] = [e for e in events if e["event.action"] == "ban" and e.get("client.ip") == "127.0.0.1"]
     assert ban["rule.id"] == "probe" and ban["event.category"] == ["intrusion_detection", "network"]
+    # A request the ban refuses names the rule that banned, though it matched no rule itself.
+    [refused] = [e for e in events if e.get("url.path") == f"{prefix}/banned"]
+    assert refused["event.action"] == "blocked" and refused["http.response.status_code"] == 403
+    assert [refused[f"rule.{field}"] for field in ("id", "name", "ruleset")] == ["probe", "probe", "proxylog"]
     assert all(e["proxylog.schema_version"] == 2 and "proxylog.integrity.mac" in e for e in events)
     result = subprocess.run(
         [sys.executable, "-m", "proxylog.cli", "verify", str(chained), "--key-file", str(key)],
