@@ -19,6 +19,9 @@ from proxylog.mitm import connections
 from proxylog.mitm.flows import FlowState
 from proxylog.record import ErrorType
 
+# The end of the error GuardedHttp1Server gives a request whose client sent too much ahead of
+# its answer (it has already sent the 400 and half-closed the connection).
+AHEAD_OF_ANSWER = "bytes ahead of its answer"
 # Upstream failures proxylog answers itself.
 _REPLY_STATUS: dict[ErrorType, int] = {
     "upstream_connect": 502,
@@ -40,7 +43,11 @@ def classify_error(flow: http.HTTPFlow, state: FlowState) -> ErrorType:
         return "upstream_timeout"
     if "body_size_limit" in message:
         return "body_too_large"
-    if "from client, refusing" in message or message.startswith("Invalid request scheme"):
+    if (
+        "from client, refusing" in message
+        or message.startswith("Invalid request scheme")
+        or message.endswith(AHEAD_OF_ANSWER)
+    ):
         return "request_invalid"
     if "from server, refusing" in message:
         return "upstream_invalid"
