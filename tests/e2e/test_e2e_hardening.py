@@ -468,7 +468,8 @@ def test_sigterm_with_a_stalled_stderr_exits_cleanly(tmp_path: Path, puma: Puma)
 def test_a_client_sending_ahead_of_its_answer_is_cut_off(start_proxylog, puma: Puma, engine: str) -> None:
     """While Puma is still answering, mitmproxy buffers whatever the client sends next: more
     than limits.header_bytes of it gets a 400 and the connection closed, instead of growing
-    memory; the request's record says why."""
+    memory; the request's record says why, and nothing is written after the 400 (issue 17:
+    a write after EOF in the error hook lost the record)."""
     proxy = start_proxylog({"limits": {"header_bytes": "16k"}})
     request(proxy.url, "/warmup")
     before = proxy.rss_kib("VmHWM")
@@ -479,3 +480,5 @@ def test_a_client_sending_ahead_of_its_answer_is_cut_off(start_proxylog, puma: P
     [record] = [r for r in proxy.access(count=2, timeout=30) if r["url"]["path"] == "/slow"]
     assert record["http"]["response"]["status_code"] == 400
     assert record["error"]["message"] == "the client sent over 16384 bytes ahead of its answer"
+    assert record["error"]["type"] == "request_invalid"
+    assert not [line for line in proxy.stderr_lines if "internal error" in line or "Traceback" in line]
