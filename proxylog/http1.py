@@ -218,6 +218,40 @@ def lenient_head(raw: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, byt
     return parts[0], parts[1], parts[2], headers
 
 
+# Chunked request bodies (RFC 9112 §7.1), read strictly by both planes.
+_HEX = b"0123456789abcdefABCDEF"
+# chunk-ext is `;name[=value]` pairs; any visible ASCII, SP or HTAB is let through verbatim
+# (quoted strings included), control bytes and obs-text are not.
+_EXT_BYTES = bytes([9, *range(0x20, 0x7F)])
+_MAX_SIZE_DIGITS = 16
+_MAX_SIZE = 2**63 - 1
+MAX_CHUNK_LINE = 4096  # a chunk-size line (with extensions) longer than this is refused
+
+
+class ChunkError(ValueError):
+    """The chunked framing is invalid; str(error) is the reason for the record."""
+
+
+def chunk_size(line: bytes | bytearray) -> int:
+    """The size on a chunk-size line (without its LF); raises ChunkError for framing that
+    another parser could read differently: bare CR/LF, `0x`/signed/padded sizes, sizes of
+    2**63 and above, control bytes in extensions."""
+    if not line.endswith(b"\r"):
+        raise ChunkError("bare LF in chunk size line")
+    line = line[:-1]
+    if b"\r" in line:
+        raise ChunkError("bare CR in chunk size line")
+    digits, semicolon, extension = line.partition(b";")
+    if not digits or digits.translate(None, _HEX):
+        raise ChunkError("invalid chunk size")
+    if semicolon and extension.translate(None, _EXT_BYTES):
+        raise ChunkError("control byte in chunk extension")
+    digits = digits.lstrip(b"0") or b"0"
+    if len(digits) > _MAX_SIZE_DIGITS or int(digits, 16) > _MAX_SIZE:
+        raise ChunkError("chunk size too large")
+    return int(digits, 16)
+
+
 # proxylog's own replies, the same bytes on every data plane (408: the fast plane's request
 # timeouts).
 REPLIES = {

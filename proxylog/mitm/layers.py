@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from h11._readers import ChunkedReader
 from h11._receivebuffer import ReceiveBuffer
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
@@ -23,8 +24,8 @@ from mitmproxy.proxy.layers.http._events import (
 from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from proxylog.http1 import check_head, empty_lines_at, find_head_end
-from proxylog.mitm.replies import AHEAD_OF_ANSWER, error_reply
+from proxylog.http1 import MAX_CHUNK_LINE, ChunkError, check_head, chunk_size, empty_lines_at, find_head_end
+from proxylog.mitm.replies import REFUSED, error_reply
 
 logger = logging.getLogger("proxylog")
 
@@ -97,12 +98,7 @@ class GuardedHttp1Server(Http1Server):
             # While a request is answered, mitmproxy buffers whatever the client sends next
             # (pipelining). More than a request head's worth is not pipelining: the request
             # fails (it is recorded as such), the rest is discarded and the connection closed.
-            why = f"the client sent over {self.max_head} {AHEAD_OF_ANSWER}"
-            self.refused = True
-            self.buf.maybe_extract_at_most(len(self.buf))
-            yield commands.SendData(self.conn, error_reply(self.request, 400))
-            yield commands.CloseTcpConnection(self.conn, half_close=True)
-            yield ReceiveHttp(RequestProtocolError(self.stream_id, why, ErrorCode.GENERIC_CLIENT_ERROR))
+            yield from self._cut(f"the client sent over {self.max_head} bytes ahead of its answer")
             return
         yield from super()._handle_event(event)
 
@@ -142,9 +138,28 @@ class GuardedHttp1Server(Http1Server):
             yield from self._refuse(raw, 400, str(e)[:100])
             return
         yield ReceiveHttp(RequestHeaders(self.stream_id, self.request, expected_body_size == 0))
-        self.body_reader = make_body_reader(expected_body_size)
+        chunked = expected_body_size is None
+        self.body_reader = StrictChunkedReader() if chunked else make_body_reader(expected_body_size)
         self.state = self.read_body
         yield from self.state(event)
+
+    def read_body(self, event: events.Event) -> layer.CommandGenerator[None]:
+        """mitmproxy's read_body, with chunk framing errors answered 400 (mitmproxy closes
+        the connection without a reply)."""
+        try:
+            yield from super().read_body(event)
+        except ChunkError as e:
+            yield from self._cut(str(e))
+
+    def _cut(self, why: str) -> layer.CommandGenerator[None]:
+        """Fail the request being read or answered: proxylog's 400, sent once, then a
+        half-close; the rest of the client's bytes are discarded. The flow's error carries
+        `why` (with REFUSED, for its record as request_invalid)."""
+        self.refused = True
+        self.buf.maybe_extract_at_most(len(self.buf))
+        yield commands.SendData(self.conn, error_reply(self.request, 400))
+        yield commands.CloseTcpConnection(self.conn, half_close=True)
+        yield ReceiveHttp(RequestProtocolError(self.stream_id, REFUSED + why, ErrorCode.GENERIC_CLIENT_ERROR))
 
     def _take(self, count: int) -> bytes:
         """The first `count` buffered bytes, removed from the buffer."""
@@ -170,6 +185,31 @@ class GuardedHttp1Server(Http1Server):
         if not self.response and status is not None:
             yield commands.SendData(self.conn, error_reply(self.request, status))
         yield commands.CloseConnection(self.conn)
+
+
+class StrictChunkedReader(ChunkedReader):
+    """h11's chunked-body reader, with every chunk-size line, chunk end and the end of the
+    body first checked as the fast plane checks them (`chunk_size`); raises ChunkError.
+    (h11 takes bare LFs, `0x` prefixes and sizes past 2**64 into a line or a size.)"""
+
+    def __call__(self, buf: ReceiveBuffer) -> Any:
+        data = _buffered(buf)
+        if self._reading_trailer:  # after the last chunk: only the empty line, no trailer fields
+            if data[:2] != b"\r\n"[: len(data)]:
+                raise ChunkError("trailers are not supported")
+        elif self._bytes_to_discard:
+            if data[: len(self._bytes_to_discard)] != self._bytes_to_discard[: len(data)]:
+                raise ChunkError("chunk data not followed by CRLF")
+        elif self._bytes_in_chunk == 0:
+            lf = data.find(b"\n", 0, MAX_CHUNK_LINE)
+            if lf < 0:
+                if len(data) >= MAX_CHUNK_LINE:
+                    raise ChunkError("chunk size line too long")
+                if b"\r" in data[:-1]:
+                    raise ChunkError("bare CR in chunk size line")
+                return None
+            chunk_size(data[:lf])
+        return super().__call__(buf)
 
 
 def _buffered(buf: ReceiveBuffer) -> bytearray:

@@ -19,9 +19,9 @@ from proxylog.mitm import connections
 from proxylog.mitm.flows import FlowState
 from proxylog.record import ErrorType
 
-# The end of the error GuardedHttp1Server gives a request whose client sent too much ahead of
-# its answer (it has already sent the 400 and half-closed the connection).
-AHEAD_OF_ANSWER = "bytes ahead of its answer"
+# How the errors of requests GuardedHttp1Server cut off itself begin (it has already sent the
+# 400 and half-closed the connection): the rest is the reason for the record.
+REFUSED = "proxylog refused: "
 # Upstream failures proxylog answers itself.
 _REPLY_STATUS: dict[ErrorType, int] = {
     "upstream_connect": 502,
@@ -46,7 +46,7 @@ def classify_error(flow: http.HTTPFlow, state: FlowState) -> ErrorType:
     if (
         "from client, refusing" in message
         or message.startswith("Invalid request scheme")
-        or message.endswith(AHEAD_OF_ANSWER)
+        or message.startswith(REFUSED)
     ):
         return "request_invalid"
     if "from server, refusing" in message:
@@ -126,7 +126,7 @@ def reply_to_error(flow: http.HTTPFlow, state: FlowState) -> None:
     when the client is HTTP/1 and has no response headers yet; otherwise note the status
     mitmproxy sends (or none: the client is gone, or headers were already streamed)."""
     state.error_type = error_type = classify_error(flow, state)
-    state.error_message = flow.error.msg if flow.error else None
+    state.error_message = flow.error.msg.removeprefix(REFUSED) if flow.error else None
     headers_sent = flow.response is not None and bool(flow.response.stream)
     if headers_sent or error_type == "client_disconnect":
         return

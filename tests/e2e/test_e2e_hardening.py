@@ -482,3 +482,40 @@ def test_a_client_sending_ahead_of_its_answer_is_cut_off(start_proxylog, puma: P
     assert record["error"]["message"] == "the client sent over 16384 bytes ahead of its answer"
     assert record["error"]["type"] == "request_invalid"
     assert not [line for line in proxy.stderr_lines if "internal error" in line or "Traceback" in line]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"5\nhello\r\n0\r\n\r\n", "bare LF in chunk size line"),
+        (b"0x5\r\nhello\r\n0\r\n\r\n", "invalid chunk size"),
+        (b"8000000000000000\r\nhello\r\n0\r\n\r\n", "chunk size too large"),
+        (b"10000000000000005\r\nhello\r\n0\r\n\r\n", "chunk size too large"),
+        (b"5;a=b\nc\r\nhello\r\n0\r\n\r\n", "bare LF in chunk size line"),
+        (b"5;a=\x01\r\nhello\r\n0\r\n\r\n", "control byte in chunk extension"),
+        (b"5\r\nhelloXY0\r\n\r\n", "chunk data not followed by CRLF"),
+        (b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n", "trailers are not supported"),
+    ],
+    ids=[
+        "bare-lf",
+        "hex-prefix",
+        "size-2^63",
+        "size-2^64+5",
+        "lf-in-extension",
+        "control-in-extension",
+        "no-crlf-after-data",
+        "trailer",
+    ],
+)
+def test_invalid_chunk_framing_gets_a_400_and_a_request_invalid_record(
+    start_proxylog, engine: str, body: bytes, reason: str
+) -> None:
+    """Chunk framing another parser could read differently is refused with proxylog's 400
+    (never a silent close labelled client_disconnect) and a request_invalid record (issue 17)."""
+    proxy = start_proxylog({})
+    head = b"POST /chunks HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n"
+    reply = _exchange(proxy.port, head + body)
+    assert reply.startswith(b"HTTP/1.1 400 ") and _responses(reply) == 1
+    [record] = proxy.access(count=1)
+    assert record["http"]["response"]["status_code"] == 400
+    assert record["error"] == {"type": "request_invalid", "message": reason}
