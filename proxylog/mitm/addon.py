@@ -30,7 +30,7 @@ from proxylog.mitm.flows import (
     state_of,
 )
 from proxylog.mitm.layers import guard_http1, refuse_tls_on_plain_listener
-from proxylog.mitm.replies import reject, reply, reply_to_error
+from proxylog.mitm.replies import invalid_response_head, reject, reply, reply_to_error
 from proxylog.pipeline import Block, Exchange, Pipeline, RequestHead
 from proxylog.runtime import Runtime
 
@@ -338,6 +338,10 @@ class ProxyLog:
             return
         self._upstream_due.disarm(flow)
         restore_client_view(flow, state)
+        why = invalid_response_head(flow.response) if flow.response is not None else None
+        if why is not None:
+            reject(flow, state, 502, "upstream_invalid", why)
+            return
         if start_response(flow, state, self.pipeline):
             # Streamed as it arrives and counted; mitmproxy would otherwise buffer it whole.
             state.response_counter = flow.response.stream = ByteCounter()  # type: ignore[union-attr]

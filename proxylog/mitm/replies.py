@@ -49,7 +49,7 @@ def classify_error(flow: http.HTTPFlow, state: FlowState) -> ErrorType:
         or message.startswith(REFUSED)
     ):
         return "request_invalid"
-    if "from server, refusing" in message:
+    if "from server, refusing" in message or message.startswith("Cannot parse HTTP response"):
         return "upstream_invalid"
     if message == "Client disconnected." or not flow.client_conn.state & ConnectionState.CAN_READ:
         return "client_disconnect"
@@ -60,6 +60,16 @@ def classify_error(flow: http.HTTPFlow, state: FlowState) -> ErrorType:
     if flow.server_conn.timestamp_tcp_setup is None:
         return "upstream_connect"
     return "upstream_reset"
+
+
+def invalid_response_head(response: http.Response) -> str | None:
+    """Why a response head mitmproxy parsed is not one an HTTP/1.1 origin may send (the fast
+    plane's parser refuses these), or None."""
+    if response.http_version not in ("HTTP/1.0", "HTTP/1.1"):
+        return f"invalid response head: version {response.http_version[:16]}"
+    if not 100 <= response.status_code <= 999:
+        return f"invalid response head: status {response.status_code}"
+    return None
 
 
 def error_reply(request: http.Request | None, status: int) -> bytes:
@@ -115,7 +125,8 @@ def reply(
 
 
 def reject(flow: http.HTTPFlow, state: FlowState, status: int, error_type: ErrorType, why: str) -> None:
-    """Refuse a malformed request before Puma sees it or its body is read."""
+    """Refuse a malformed request before Puma sees it or its body is read, or a malformed
+    response before the client sees any of it."""
     state.error_type = error_type
     state.error_message = why
     reply(flow, state, status)
