@@ -1,9 +1,10 @@
 """Plane-neutral HTTP/1 rules: which request heads proxylog refuses, and its own replies.
 
-Both data planes (mitmproxy's and the fast one) call `check_head` on the raw bytes of a
-request head and send `make_reply`'s bytes, so a client is refused identically, with the same
-reason in the record, whichever plane it reached. Patterns over request bytes use re2 or plain
-bytes methods (linear time whatever the client sends), never the stdlib `re`.
+Both data planes (mitmproxy's and the fast one) find a request head's end with
+`empty_lines_at` and `find_head_end`, call `check_head` on its raw bytes, record a refused head
+from `lenient_head` and send `make_reply`'s bytes, so a client is refused identically, with the
+same reason and byte counts in the record, whichever plane it reached. Patterns over request
+bytes use re2 or plain bytes methods (linear time whatever the client sends), never the stdlib `re`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _TARGET_BYTES = bytes(b for b in range(0x21, 0x7F) if b not in b'"<>')
 _HOST_BYTES = b"-._~!$&'()*+,;=:[]%0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _MAX_LENGTH_DIGITS = 18  # below 2**63: every plane and Puma parse it the same way
 _MAX_REASON = 100
+_MAX_LENIENT_FIELDS = 100
 # Rack turns both "-" and "_" into "_" (HTTP_CONTENT_LENGTH), so these would reach the app as
 # framing headers proxylog did not frame by.
 _UNDERSCORE_SPELLINGS = (
@@ -173,6 +175,81 @@ def _value(raw: bytes, start: int) -> bytes:
 def _header_number(low: bytes, at: int) -> str:
     """ "header N" for the field line that starts after the LF at offset `at`."""
     return f"header {low.count(b'\n', 0, at + 1)}"
+
+
+def empty_lines_at(data: bytes | bytearray) -> int:
+    """How many bytes of empty lines (CRLF or a bare LF) start `data`: RFC 9112 §2.2 lets a
+    server skip them before a request line."""
+    skip = 0
+    while True:
+        if data.startswith(b"\r\n", skip):
+            skip += 2
+        elif data.startswith(b"\n", skip):
+            skip += 1
+        else:
+            return skip
+
+
+def find_head_end(data: bytes | bytearray, start: int = 0) -> int:
+    """The offset just past the empty line that ends a head in `data` (searching from
+    `start`), or -1. A head ended by bare LFs counts as ended too, so that it is refused at
+    once rather than when the header timeout expires."""
+    end = data.find(b"\r\n\r\n", start)
+    if end >= 0:
+        return end + 4
+    ends = [i + n for i, n in ((data.find(b"\n\n", start), 2), (data.find(b"\n\r\n", start), 3)) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def lenient_head(raw: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]] | None:
+    """Best-effort request line and fields of a refused or incomplete head, for its record;
+    None when the request line is unreadable (not three parts, or the method no token)."""
+    first, _, rest = raw.partition(b"\n")
+    parts = first.removesuffix(b"\r").split(b" ")
+    if len(parts) != 3 or not all(parts) or parts[0].translate(None, _TCHAR):
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    for line in rest.split(b"\n"):
+        name, colon, value = line.removesuffix(b"\r").partition(b":")
+        if colon and name and not name.translate(None, _TCHAR):
+            headers.append((name, value.strip(b" \t")))
+            if len(headers) >= _MAX_LENIENT_FIELDS:
+                break
+    return parts[0], parts[1], parts[2], headers
+
+
+# Chunked request bodies (RFC 9112 §7.1), read strictly by both planes.
+_HEX = b"0123456789abcdefABCDEF"
+# chunk-ext is `;name[=value]` pairs; any visible ASCII, SP or HTAB is let through verbatim
+# (quoted strings included), control bytes and obs-text are not.
+_EXT_BYTES = bytes([9, *range(0x20, 0x7F)])
+_MAX_SIZE_DIGITS = 16
+_MAX_SIZE = 2**63 - 1
+MAX_CHUNK_LINE = 4096  # a chunk-size line (with extensions) longer than this is refused
+
+
+class ChunkError(ValueError):
+    """The chunked framing is invalid; str(error) is the reason for the record."""
+
+
+def chunk_size(line: bytes | bytearray) -> int:
+    """The size on a chunk-size line (without its LF); raises ChunkError for framing that
+    another parser could read differently: bare CR/LF, `0x`/signed/padded sizes, sizes of
+    2**63 and above, control bytes in extensions."""
+    if not line.endswith(b"\r"):
+        raise ChunkError("bare LF in chunk size line")
+    line = line[:-1]
+    if b"\r" in line:
+        raise ChunkError("bare CR in chunk size line")
+    digits, semicolon, extension = line.partition(b";")
+    if not digits or digits.translate(None, _HEX):
+        raise ChunkError("invalid chunk size")
+    if semicolon and extension.translate(None, _EXT_BYTES):
+        raise ChunkError("control byte in chunk extension")
+    digits = digits.lstrip(b"0") or b"0"
+    if len(digits) > _MAX_SIZE_DIGITS or int(digits, 16) > _MAX_SIZE:
+        raise ChunkError("chunk size too large")
+    return int(digits, 16)
 
 
 # proxylog's own replies, the same bytes on every data plane (408: the fast plane's request

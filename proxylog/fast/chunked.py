@@ -9,19 +9,11 @@ fields are refused: Puma ignores them and nothing else in the plane would check 
 
 from __future__ import annotations
 
-_HEX = b"0123456789abcdefABCDEF"
-# chunk-ext is `;name[=value]` pairs; any visible ASCII, SP or HTAB is let through verbatim
-# (quoted strings included), control bytes and obs-text are not.
-_EXT_BYTES = bytes([9, *range(0x20, 0x7F)])
-_MAX_SIZE_DIGITS = 16
-_MAX_SIZE = 2**63 - 1
-MAX_LINE = 4096  # a chunk-size line (with extensions) longer than this is refused
+from proxylog.http1 import MAX_CHUNK_LINE as MAX_LINE
+from proxylog.http1 import ChunkError as ChunkError  # raised by ChunkedReader.feed
+from proxylog.http1 import chunk_size
 
 _SIZE, _DATA, _DATA_END, _LAST = range(4)
-
-
-class ChunkError(ValueError):
-    """The chunked framing is invalid; str(error) is the reason for the record."""
 
 
 class ChunkedReader:
@@ -66,7 +58,7 @@ class ChunkedReader:
                     if b"\r" in data[pos : end - 1]:
                         raise ChunkError("bare CR in chunk size line")
                     return pos
-                size = _chunk_size(data[pos:lf])
+                size = chunk_size(data[pos:lf])
                 pos = lf + 1
                 if size:
                     self._remaining = size
@@ -81,24 +73,6 @@ class ChunkedReader:
                 self.done = True
                 return pos + 2
         return pos
-
-
-def _chunk_size(line: bytes) -> int:
-    """The size on a chunk-size line (without its LF); raises ChunkError."""
-    if not line.endswith(b"\r"):
-        raise ChunkError("bare LF in chunk size line")
-    line = line[:-1]
-    if b"\r" in line:
-        raise ChunkError("bare CR in chunk size line")
-    digits, semicolon, extension = line.partition(b";")
-    if not digits or digits.translate(None, _HEX):
-        raise ChunkError("invalid chunk size")
-    if semicolon and extension.translate(None, _EXT_BYTES):
-        raise ChunkError("control byte in chunk extension")
-    digits = digits.lstrip(b"0") or b"0"
-    if len(digits) > _MAX_SIZE_DIGITS or int(digits, 16) > _MAX_SIZE:
-        raise ChunkError("chunk size too large")
-    return int(digits, 16)
 
 
 def dechunk(framed: bytes) -> bytes:

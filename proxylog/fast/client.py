@@ -9,9 +9,9 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from proxylog.fast.contract import RequestHead
-from proxylog.fast.heads import find_head_end, framing, lenient_head, split_head
+from proxylog.fast.heads import framing, split_head
 from proxylog.fast.relay import P_CONNECTING, P_UPSTREAM, Relay
-from proxylog.http1 import check_head
+from proxylog.http1 import check_head, empty_lines_at, find_head_end, lenient_head
 
 if TYPE_CHECKING:
     from proxylog.fast.server import FastServer
@@ -150,14 +150,7 @@ class ClientConn(asyncio.Protocol):
                     self._head(data if end == len(data) else data[:end], data[end:])
                     return
         pending += data
-        skip = 0
-        while True:  # RFC 9112 §2.2: empty lines before a request (CRLF or a bare LF)
-            if pending.startswith(b"\r\n", skip):
-                skip += 2
-            elif pending.startswith(b"\n", skip):
-                skip += 1
-            else:
-                break
+        skip = empty_lines_at(pending)
         if skip:
             del pending[:skip]
             self.skipped += skip

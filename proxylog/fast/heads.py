@@ -9,8 +9,6 @@ from proxylog.pipeline.headers import HOP_BY_HOP
 
 # What the client's head is searched for (lower-cased), to skip all hop-by-hop work when absent.
 _HOP_MARKS = tuple(b"\n" + name + b":" for name in HOP_BY_HOP)
-_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_MAX_LENIENT_FIELDS = 100
 
 NO_BODY, LENGTH, CHUNKED = 0, 1, 2
 _FRAMING = {b"content-length": LENGTH, b"transfer-encoding": CHUNKED}
@@ -27,17 +25,6 @@ class Framing:
     upgrade: bool  # a protocol upgrade (WebSocket) is requested
     expect_continue: bool
     hop_names: frozenset[bytes] | None  # names to drop upstream; None: the head had none
-
-
-def find_head_end(data: bytes | bytearray, start: int = 0) -> int:
-    """The offset just past the empty line that ends a head in `data` (searching from
-    `start`), or -1. A head ended by bare LFs counts as ended too, so that it is refused at
-    once rather than when the header timeout expires."""
-    end = data.find(b"\r\n\r\n", start)
-    if end >= 0:
-        return end + 4
-    ends = [i + n for i, n in ((data.find(b"\n\n", start), 2), (data.find(b"\n\r\n", start), 3)) if i >= 0]
-    return min(ends) if ends else -1
 
 
 def split_head(raw: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]]:
@@ -120,23 +107,6 @@ def upstream_head(
         parts.append(b"Transfer-Encoding: chunked\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
-
-
-def lenient_head(raw: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]] | None:
-    """Best-effort request line and fields of a refused or incomplete head, for its record;
-    None when the request line is unreadable (not three parts, or the method no token)."""
-    first, _, rest = raw.partition(b"\n")
-    parts = first.removesuffix(b"\r").split(b" ")
-    if len(parts) != 3 or not all(parts) or parts[0].translate(None, _TCHAR):
-        return None
-    headers: list[tuple[bytes, bytes]] = []
-    for line in rest.split(b"\n"):
-        name, colon, value = line.removesuffix(b"\r").partition(b":")
-        if colon and name and not name.translate(None, _TCHAR):
-            headers.append((name, value.strip(b" \t")))
-            if len(headers) >= _MAX_LENIENT_FIELDS:
-                break
-    return parts[0], parts[1], parts[2], headers
 
 
 def serialize_fields(parts: list[bytes], headers: list[tuple[bytes, bytes]]) -> None:

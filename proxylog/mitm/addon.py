@@ -18,7 +18,7 @@ from mitmproxy import ctx, exceptions, http
 
 from proxylog.config import Config, ConfigError, TimeoutSpec, load_config
 from proxylog.deadlines import Deadlines
-from proxylog.http1 import make_reply
+from proxylog.http1 import lenient_head, make_reply
 from proxylog.mitm import connections
 from proxylog.mitm.flows import (
     ByteCounter,
@@ -30,8 +30,8 @@ from proxylog.mitm.flows import (
     state_of,
 )
 from proxylog.mitm.layers import guard_http1, refuse_tls_on_plain_listener
-from proxylog.mitm.replies import reject, reply, reply_to_error
-from proxylog.pipeline import Block, Pipeline
+from proxylog.mitm.replies import invalid_response_head, reject, reply, reply_to_error
+from proxylog.pipeline import Block, Exchange, Pipeline, RequestHead
 from proxylog.runtime import Runtime
 
 logger = logging.getLogger("proxylog")
@@ -206,30 +206,23 @@ class ProxyLog:
         elif self.runtime is not None:
             guard_http1(nextlayer, self.runtime.config.limits.header_bytes, self.refuse_head)
 
-    def refuse_head(
-        self, client: Any, server: Any, request: http.Request | None, status: int, why: str
-    ) -> bytes:
-        """Record a request head refused before it became a flow (too large, or unparseable),
-        let the rules observe it with the status sent, and return proxylog's reply for it.
-        Called by GuardedHttp1Server; never raises."""
+    def refuse_head(self, client: Any, raw: bytes, status: int, why: str) -> bytes:
+        """Record a request head refused before it became a flow (too large, or refused by
+        `check_head`) as the fast plane does, from its raw bytes; let the rules observe it with
+        the status sent; return proxylog's reply. Called by GuardedHttp1Server; never raises."""
         runtime = self.runtime
         if runtime is None:
             return make_reply(status, "", head_only=False)
         try:
-            if request is None:  # method and path unknown: the record says so with empty strings
-                request = http.Request(
-                    "", 0, b"", b"", b"", b"", b"HTTP/1.1", http.Headers(), None, None, 0, None
-                )
-            request.timestamp_start = request.timestamp_start or time.time()
-            if not request.scheme:
-                request.scheme = "https" if client.tls_established else "http"
-            flow = http.HTTPFlow(client, server)
-            flow.request = request
-            state = start_flow(flow, self.pipeline)  # facts too: smuggling probes count toward status rules
-            state.error_type, state.error_message = "request_invalid", why
-            answer = make_reply(status, state.request_id, request.method == "HEAD")
-            state.answered(status, answer)
-            self._record(flow, state)
+            parsed = lenient_head(raw) if b"\n" in raw else None
+            method, target, version, fields = parsed or (b"", b"", b"HTTP/1.1", [])
+            peer, tls = client.peername[:2], client.tls_established
+            head = RequestHead(method, target, version, fields, peer, tls, time.time(), len(raw))
+            ex: Exchange = self.pipeline.begin(head)  # facts too: smuggling probes count toward status rules
+            ex.fail("request_invalid", why)
+            answer = make_reply(status, ex.request_id, ex.method == b"HEAD")
+            ex.answered(status, answer)
+            self.pipeline.finish(ex)
             return answer
         except Exception:
             runtime.internal_errors += 1
@@ -345,6 +338,10 @@ class ProxyLog:
             return
         self._upstream_due.disarm(flow)
         restore_client_view(flow, state)
+        why = invalid_response_head(flow.response) if flow.response is not None else None
+        if why is not None:
+            reject(flow, state, 502, "upstream_invalid", why)
+            return
         if start_response(flow, state, self.pipeline):
             # Streamed as it arrives and counted; mitmproxy would otherwise buffer it whole.
             state.response_counter = flow.response.stream = ByteCounter()  # type: ignore[union-attr]

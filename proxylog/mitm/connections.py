@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from mitmproxy import ctx, http
+from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy.mode_servers import ProxyConnectionHandler
 
 logger = logging.getLogger("proxylog")
@@ -32,8 +33,8 @@ def can_write_raw(flow: http.HTTPFlow) -> bool:
 def write_to_client(flow: http.HTTPFlow, data: bytes) -> bool:
     """Queue raw bytes on the client connection (HTTP/1 only); False if it is gone."""
     handler = _handler(flow)
-    if handler is None:
-        return False
+    if handler is None or not flow.client_conn.state & ConnectionState.CAN_WRITE:
+        return False  # gone, or half-closed by proxylog after its own reply (no write after EOF)
     io = handler.transports.get(flow.client_conn)
     if io is None or io.writer is None or io.writer.is_closing():
         return False

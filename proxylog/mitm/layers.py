@@ -7,7 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from mitmproxy import http
+from h11._readers import ChunkedReader
+from h11._receivebuffer import ReceiveBuffer
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.net.tls import starts_like_tls_record
@@ -23,15 +24,16 @@ from mitmproxy.proxy.layers.http._events import (
 from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
-from proxylog.mitm.replies import error_reply
+from proxylog.http1 import MAX_CHUNK_LINE, ChunkError, check_head, chunk_size, empty_lines_at, find_head_end
+from proxylog.mitm.replies import REFUSED, error_reply
 
 logger = logging.getLogger("proxylog")
 
 # TLS record: alert, TLS 1.0 framing, length 2, fatal (2), handshake_failure (40).
 HANDSHAKE_FAILURE_ALERT = b"\x15\x03\x01\x00\x02\x02\x28"
 
-# (client, server, request or None if unparseable, status, message) -> the reply to send.
-RefuseHead = Callable[[Any, Any, http.Request | None, int, str], bytes]
+# (client, the refused head's raw bytes, status, message) -> the reply to send.
+RefuseHead = Callable[[Any, bytes, int, str], bytes]
 
 
 class RefuseTLS(layer.Layer):
@@ -79,6 +81,7 @@ class GuardedHttp1Server(Http1Server):
         # Bytes of empty lines read before the current head (RFC 9112 §2.2 lets a server
         # ignore them; mitmproxy drops one per read, which let them dodge the limit).
         self.skipped = 0
+        self.scanned = 0  # how far the buffer was searched for the head's end
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if self.refused and isinstance(event, events.ConnectionEvent):
@@ -95,17 +98,14 @@ class GuardedHttp1Server(Http1Server):
             # While a request is answered, mitmproxy buffers whatever the client sends next
             # (pipelining). More than a request head's worth is not pipelining: the request
             # fails (it is recorded as such), the rest is discarded and the connection closed.
-            why = f"the client sent over {self.max_head} bytes ahead of its answer"
-            self.refused = True
-            self.buf.maybe_extract_at_most(len(self.buf))
-            yield commands.SendData(self.conn, error_reply(self.request, 400))
-            yield commands.CloseTcpConnection(self.conn, half_close=True)
-            yield ReceiveHttp(RequestProtocolError(self.stream_id, why, ErrorCode.GENERIC_CLIENT_ERROR))
+            yield from self._cut(f"the client sent over {self.max_head} bytes ahead of its answer")
             return
         yield from super()._handle_event(event)
 
     def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
-        """mitmproxy's Http1Server.read_headers with the head limit and proxylog's refusals."""
+        """mitmproxy's Http1Server.read_headers with the head limit and proxylog's refusals: the
+        head's end is found and the head checked exactly as on the fast plane (`check_head` on
+        the raw bytes), and only a head it accepts is parsed by mitmproxy."""
         if isinstance(event, events.ConnectionClosed):
             if self.buf:
                 logger.debug("client closed after %d bytes of an incomplete request head", len(self.buf))
@@ -113,42 +113,63 @@ class GuardedHttp1Server(Http1Server):
             return
         if not isinstance(event, events.DataReceived):
             raise AssertionError(f"Unexpected event: {event}")
-        while True:
-            before = len(self.buf)
-            # h11's buffer resumes its search for the blank line where the last one stopped.
-            lines = self.buf.maybe_extract_lines()
-            if lines != []:
-                break
-            self.skipped += before - len(self.buf)  # an empty line before the head
-            if self.skipped > self.max_head:
-                yield from self._refuse(None, 431, f"over {self.max_head} bytes of empty lines")
-                return
-        if lines is None:
-            if self.skipped + len(self.buf) > self.max_head:
-                data = self.buf.maybe_extract_at_most(len(self.buf)) or b""  # free it now
-                yield from self._refuse(
-                    _request_line(data.partition(b"\n")[0]), 431, f"request head over {self.max_head} bytes"
-                )
+        data = _buffered(self.buf)
+        skip = empty_lines_at(data)
+        if skip:
+            self.buf.maybe_extract_at_most(skip)
+            self.skipped += skip
+        end = find_head_end(data, max(0, self.scanned - 3))
+        if (end if end >= 0 else len(data)) + self.skipped > self.max_head:
+            yield from self._refuse(self._take(len(data)), 431, f"request head over {self.max_head} bytes")
             return
-        if self.skipped + before - len(self.buf) > self.max_head:
-            yield from self._refuse(_request_line(lines[0]), 431, f"request head over {self.max_head} bytes")
+        if end < 0:
+            self.scanned = len(data)
             return
+        raw = self._take(end)
         self.skipped = 0
+        reason = check_head(raw)
+        if reason is not None:
+            yield from self._refuse(raw, 400, reason)
+            return
         try:
-            self.request = http1.read_request_head([bytes(line) for line in lines])
+            self.request = http1.read_request_head(raw.split(b"\r\n")[:-2])
             expected_body_size = http1.expected_http_body_size(self.request)
-        except ValueError as e:
-            yield from self._refuse(self.request, 400, str(e))
+        except ValueError as e:  # what check_head accepts but mitmproxy cannot represent
+            yield from self._refuse(raw, 400, str(e)[:100])
             return
         yield ReceiveHttp(RequestHeaders(self.stream_id, self.request, expected_body_size == 0))
-        self.body_reader = make_body_reader(expected_body_size)
+        chunked = expected_body_size is None
+        self.body_reader = StrictChunkedReader() if chunked else make_body_reader(expected_body_size)
         self.state = self.read_body
         yield from self.state(event)
 
-    def _refuse(self, request: http.Request | None, status: int, why: str) -> layer.CommandGenerator[None]:
+    def read_body(self, event: events.Event) -> layer.CommandGenerator[None]:
+        """mitmproxy's read_body, with chunk framing errors answered 400 (mitmproxy closes
+        the connection without a reply)."""
+        try:
+            yield from super().read_body(event)
+        except ChunkError as e:
+            yield from self._cut(str(e))
+
+    def _cut(self, why: str) -> layer.CommandGenerator[None]:
+        """Fail the request being read or answered: proxylog's 400, sent once, then a
+        half-close; the rest of the client's bytes are discarded. The flow's error carries
+        `why` (with REFUSED, for its record as request_invalid)."""
+        self.refused = True
+        self.buf.maybe_extract_at_most(len(self.buf))
+        yield commands.SendData(self.conn, error_reply(self.request, 400))
+        yield commands.CloseTcpConnection(self.conn, half_close=True)
+        yield ReceiveHttp(RequestProtocolError(self.stream_id, REFUSED + why, ErrorCode.GENERIC_CLIENT_ERROR))
+
+    def _take(self, count: int) -> bytes:
+        """The first `count` buffered bytes, removed from the buffer."""
+        self.scanned = 0
+        return bytes(self.buf.maybe_extract_at_most(count) or b"")
+
+    def _refuse(self, raw: bytes, status: int, why: str) -> layer.CommandGenerator[None]:
         self.state = self.done
         self.refused = True
-        answer = self.refuse(self.context.client, self.context.server, request, status, why)
+        answer = self.refuse(self.context.client, raw, status, why)
         yield commands.SendData(self.conn, answer)
         # Half-close: closing outright while the client is still sending loses the reply to a
         # reset (and mitmproxy can leave such a socket open when it closes mid-read).
@@ -166,12 +187,35 @@ class GuardedHttp1Server(Http1Server):
         yield commands.CloseConnection(self.conn)
 
 
-def _request_line(line: bytes | bytearray) -> http.Request | None:
-    """The request line of a head too large to parse, for the record; None if malformed."""
-    try:
-        return http1.read_request_head([bytes(line).rstrip(b"\r")])
-    except ValueError:
-        return None
+class StrictChunkedReader(ChunkedReader):
+    """h11's chunked-body reader, with every chunk-size line, chunk end and the end of the
+    body first checked as the fast plane checks them (`chunk_size`); raises ChunkError.
+    (h11 takes bare LFs, `0x` prefixes and sizes past 2**64 into a line or a size.)"""
+
+    def __call__(self, buf: ReceiveBuffer) -> Any:
+        data = _buffered(buf)
+        if self._reading_trailer:  # after the last chunk: only the empty line, no trailer fields
+            if data[:2] != b"\r\n"[: len(data)]:
+                raise ChunkError("trailers are not supported")
+        elif self._bytes_to_discard:
+            if data[: len(self._bytes_to_discard)] != self._bytes_to_discard[: len(data)]:
+                raise ChunkError("chunk data not followed by CRLF")
+        elif self._bytes_in_chunk == 0:
+            lf = data.find(b"\n", 0, MAX_CHUNK_LINE)
+            if lf < 0:
+                if len(data) >= MAX_CHUNK_LINE:
+                    raise ChunkError("chunk size line too long")
+                if b"\r" in data[:-1]:
+                    raise ChunkError("bare CR in chunk size line")
+                return None
+            chunk_size(data[:lf])
+        return super().__call__(buf)
+
+
+def _buffered(buf: ReceiveBuffer) -> bytearray:
+    """The bytes h11's receive buffer holds, searched in place: copying them on every read
+    would make a trickled head cost quadratic time."""
+    return buf._data
 
 
 def guard_http1(nextlayer: layer.NextLayer, max_head: int, refuse: RefuseHead) -> bool:

@@ -19,6 +19,9 @@ from proxylog.mitm import connections
 from proxylog.mitm.flows import FlowState
 from proxylog.record import ErrorType
 
+# How the errors of requests GuardedHttp1Server cut off itself begin (it has already sent the
+# 400 and half-closed the connection): the rest is the reason for the record.
+REFUSED = "proxylog refused: "
 # Upstream failures proxylog answers itself.
 _REPLY_STATUS: dict[ErrorType, int] = {
     "upstream_connect": 502,
@@ -40,9 +43,13 @@ def classify_error(flow: http.HTTPFlow, state: FlowState) -> ErrorType:
         return "upstream_timeout"
     if "body_size_limit" in message:
         return "body_too_large"
-    if "from client, refusing" in message or message.startswith("Invalid request scheme"):
+    if (
+        "from client, refusing" in message
+        or message.startswith("Invalid request scheme")
+        or message.startswith(REFUSED)
+    ):
         return "request_invalid"
-    if "from server, refusing" in message:
+    if "from server, refusing" in message or message.startswith("Cannot parse HTTP response"):
         return "upstream_invalid"
     if message == "Client disconnected." or not flow.client_conn.state & ConnectionState.CAN_READ:
         return "client_disconnect"
@@ -53,6 +60,16 @@ def classify_error(flow: http.HTTPFlow, state: FlowState) -> ErrorType:
     if flow.server_conn.timestamp_tcp_setup is None:
         return "upstream_connect"
     return "upstream_reset"
+
+
+def invalid_response_head(response: http.Response) -> str | None:
+    """Why a response head mitmproxy parsed is not one an HTTP/1.1 origin may send (the fast
+    plane's parser refuses these), or None."""
+    if response.http_version not in ("HTTP/1.0", "HTTP/1.1"):
+        return f"invalid response head: version {response.http_version[:16]}"
+    if not 100 <= response.status_code <= 999:
+        return f"invalid response head: status {response.status_code}"
+    return None
 
 
 def error_reply(request: http.Request | None, status: int) -> bytes:
@@ -108,7 +125,8 @@ def reply(
 
 
 def reject(flow: http.HTTPFlow, state: FlowState, status: int, error_type: ErrorType, why: str) -> None:
-    """Refuse a malformed request before Puma sees it or its body is read."""
+    """Refuse a malformed request before Puma sees it or its body is read, or a malformed
+    response before the client sees any of it."""
     state.error_type = error_type
     state.error_message = why
     reply(flow, state, status)
@@ -119,7 +137,7 @@ def reply_to_error(flow: http.HTTPFlow, state: FlowState) -> None:
     when the client is HTTP/1 and has no response headers yet; otherwise note the status
     mitmproxy sends (or none: the client is gone, or headers were already streamed)."""
     state.error_type = error_type = classify_error(flow, state)
-    state.error_message = flow.error.msg if flow.error else None
+    state.error_message = flow.error.msg.removeprefix(REFUSED) if flow.error else None
     headers_sent = flow.response is not None and bool(flow.response.stream)
     if headers_sent or error_type == "client_disconnect":
         return
