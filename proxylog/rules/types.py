@@ -56,6 +56,7 @@ class Verdict:
     reason: str | None = None
     body: str | None = None
 
+
     def enforced(self, live: Mode) -> bool:
         """Whether this verdict's block is carried out under the `live` mode: the decision
         every data plane and replay share."""
