@@ -1,0 +1,68 @@
+"""The inspection's fast paths give what the plain, slower way gives: C-level percent
+decoding, `str.replace` for common HTML entities, whitespace compression without a pass per
+line, and form fields taken in bulk rather than pair by pair."""
+
+from __future__ import annotations
+
+import random
+from urllib.parse import unquote
+
+import pytest
+
+from proxylog.rules.inspect import inspector as inspector_module
+from proxylog.rules.inspect import transforms
+from proxylog.rules.inspect.inspector import MAX_CHARS, MAX_VALUES, _Values
+
+PIECES = ["%", "2", "5", "a", "f", "g", "c3", "a9", "\\", "x", "é", "&", "amp;", "lt;", "#39;", "#x26",
+          "quot;", "\n", ";", "%e2%82", "%u0041", " ", "  ", "\t", "\x1c", "\u00a0", "=", "+"]  # fmt: skip
+
+
+def _samples(count: int) -> list[str]:
+    rng = random.Random(13)
+    return ["".join(rng.choice(PIECES) for _ in range(rng.randint(0, 12))) for _ in range(count)]
+
+
+def test_percent_decoding_matches_unquote() -> None:
+    for text in _samples(20_000):
+        assert transforms._unquote(text) == unquote(text, errors="replace"), repr(text)
+
+
+def test_entity_decoding_matches_the_one_pass_regex() -> None:
+    """``&amp;lt;`` stays ``&lt;`` (one pass), whichever path decodes it."""
+    assert transforms._entities("&amp;lt;") == "&lt;"
+    for text in [*_samples(20_000), "&amp;" * 50, "&lt;&amp;lt;&#38;amp;"]:
+        assert transforms._entities(text) == str(transforms._ENTITY.sub(transforms._entity, text)).lower()
+
+
+def test_compression_matches_line_by_line_split() -> None:
+    for text in _samples(20_000):
+        by_line = "\n".join(" ".join(line.split()) for line in text.split("\n"))
+        assert transforms._compress_lines(text) == by_line, repr(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a=1&b=2&=3&c=&d&&e=x%3Dy=z",
+        "session_id=abc&SESS%49D=1&x%0ay=2",
+        "&".join(f"f{n}=v{n}" for n in range(MAX_VALUES + 40)),  # over the value cap
+        "a=" + "b" * (MAX_CHARS - 10) + "&c=" + "d" * 40,  # over the character budget
+    ],
+)
+def test_bulk_form_fields_match_pair_by_pair(text: str) -> None:
+    bulk, single = _Values(), _Values()
+    bulk.add("p", "/x", False)
+    single.add("p", "/x", False)
+    bulk.form(text)
+    for part in (p for p in text.split("&", MAX_VALUES)[:MAX_VALUES] if p):
+        name, _, value = part.partition("=")
+        single.pair(name, value, True)
+    assert (bulk.raw, bulk.names, bulk.count, bulk.budget, bulk.cut) == (
+        single.raw,
+        single.names,
+        single.count,
+        single.budget,
+        single.cut,
+    )
+    sessions = inspector_module.SESSION_NAMES
+    assert sessions & set(bulk.names) == sessions & set(single.names)
