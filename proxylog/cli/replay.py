@@ -376,6 +376,8 @@ def _print_tuning(out: TextIO, tuning: TuningReport) -> None:
     )
     change = "ADDS" if tuning.other > tuning.base else "DROPS"
     print(f"{'FAMILY':<18} {f'PL{tuning.base}':>8} {f'PL{tuning.other}':>8} {change:>8}", file=out)
+    if not tuning.families:
+        print("(no request reaches the threshold at either level)", file=out)
     for family, tally in sorted(tuning.families.items()):
         print(f"{family:<18} {tally.base:>8,} {tally.other:>8,} {tally.added:>8,}", file=out)
         for value, count in tuning.top(family):

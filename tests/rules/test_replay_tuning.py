@@ -150,3 +150,20 @@ def test_without_an_inspecting_rule_the_baseline_is_none(
     out = capsys.readouterr().out
     assert "inspection: no inspecting rule vs paranoia 1, threshold 5: 0 → " in out
     assert "934181" not in out  # a paranoia-2 rule
+
+
+def test_real_traffic_alone_reaches_the_threshold_at_neither_level(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """2,000 lines of the real Apache log: nothing at paranoia 1 or 2, and the table says so."""
+    log = tmp_path / "real.jsonl"
+    log.write_text("\n".join(_lines(REAL_LOG, 2000)) + "\n")
+    assert (
+        main(
+            ["replay", str(log), "--rules", str(INSPECT_PACK), "--inspect-paranoia", "2", "--events", "none"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "threshold 5: 0 → 0 of 2,000 requests" in out
+    assert "(no request reaches the threshold at either level)" in out
