@@ -76,7 +76,11 @@ def register(commands: Any) -> None:
         "--events", choices=("all", "bans", "none"), default="all", help="which events to list (default: all)"
     )
     parser.add_argument("--no-sort", action="store_true", help="replay in file order (input already sorted)")
-    parser.add_argument("--json", action="store_true", help="NDJSON: one line per event, then a summary line")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="NDJSON: one line per event (an inspection line with --inspect-paranoia), then a summary",
+    )
     parser.add_argument(
         "--inspect-paranoia",
         metavar="N",
