@@ -14,7 +14,8 @@ from proxylog.rules.inspect import transforms
 from proxylog.rules.inspect.inspector import MAX_CHARS, MAX_VALUES, _Values
 
 PIECES = ["%", "2", "5", "a", "f", "g", "c3", "a9", "\\", "x", "é", "&", "amp;", "lt;", "#39;", "#x26",
-          "quot;", "\n", ";", "%e2%82", "%u0041", " ", "  ", "\t", "\x1c", "\u00a0", "=", "+"]  # fmt: skip
+          "quot;", "\n", ";", "\x7f", "\r", "%e2%82", "%u0041", " ", "  ", "\t", "\x1c", "\u00a0",
+          "=", "+"]  # fmt: skip
 
 
 def _samples(count: int) -> list[str]:
@@ -66,3 +67,8 @@ def test_bulk_form_fields_match_pair_by_pair(text: str) -> None:
     )
     sessions = inspector_module.SESSION_NAMES
     assert sessions & set(bulk.names) == sessions & set(single.names)
+
+
+def test_printable_lines_matches_isprintable() -> None:
+    for text in [*_samples(20_000), "\x7f", "a\nb", "\r", ""]:
+        assert transforms._printable_lines(text) == text.replace("\n", " ").isprintable(), repr(text)
