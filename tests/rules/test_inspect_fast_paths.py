@@ -19,8 +19,10 @@ PIECES = ["%", "2", "5", "a", "f", "g", "c3", "a9", "\\", "x", "é", "&", "amp;"
 
 
 def _samples(count: int) -> list[str]:
+    """Short texts, and long ones (the fast paths start at `transforms.LONG` characters)."""
     rng = random.Random(13)
-    return ["".join(rng.choice(PIECES) for _ in range(rng.randint(0, 12))) for _ in range(count)]
+    short = ["".join(rng.choice(PIECES) for _ in range(rng.randint(0, 12))) for _ in range(count)]
+    return short + ["".join(rng.choice(PIECES) for _ in range(transforms.LONG)) for _ in range(count // 20)]
 
 
 def test_percent_decoding_matches_unquote() -> None:

@@ -18,6 +18,9 @@ from urllib.parse import unquote
 import re2
 
 MAX_DECODES = 3
+# Texts this long take the one-scan fast paths below; a shorter one is cheaper with a few
+# `in` tests than with an re2 call.
+LONG = 512
 LINE = "\ue000"  # a CR or LF inside a value (values are joined by "\n" for matching)
 
 _OPTIONS = re2.Options()
@@ -79,7 +82,7 @@ def decode(raw: str, *, plus: bool = True, lines: bool = False) -> Decoded:
         for _ in range(MAX_DECODES):
             if "%" not in text or (_ENCODED.search(text) is None and "%u" not in text):
                 break
-            if _SPECIAL.search(text) is not None:  # one scan instead of five `in` tests
+            if len(text) < LONG or _SPECIAL.search(text) is not None:  # one scan, not five
                 if "%c" in text or "%e0" in text:
                     for seq, char in _OVERLONG:
                         text = text.replace(seq, char)
@@ -116,7 +119,7 @@ def decode(raw: str, *, plus: bool = True, lines: bool = False) -> Decoded:
 def _printable_lines(text: str) -> bool:
     """Whether `text` is printable but for its line breaks; for ASCII, by a bytes.translate
     that deletes the control characters (a third of `str.isprintable`'s time)."""
-    if text.isascii():
+    if len(text) >= LONG and text.isascii():
         raw = text.encode("ascii")
         return len(raw.translate(None, _CONTROL_BYTES)) == len(raw)
     return text.replace("\n", " ").isprintable()
@@ -125,7 +128,7 @@ def _printable_lines(text: str) -> bool:
 def _unquote(text: str) -> str:
     """`urllib.parse.unquote(text, errors="replace")`, in C when every ``%`` of ASCII text
     starts a ``%XX`` escape (`codecs.escape_decode` of ``\\xXX``): no Python step per escape."""
-    if not text.isascii() or _BAD_PERCENT.search(text) is not None:
+    if len(text) < LONG or not text.isascii() or _BAD_PERCENT.search(text) is not None:
         return unquote(text, errors="replace")
     raw = text.encode("ascii")
     if b"\\" in raw:
@@ -204,7 +207,7 @@ def _compress_lines(text: str, printable: bool | None = None) -> str:
     if printable is None:
         printable = _printable_lines(text)
     if printable:  # the only whitespace: " " and "\n"
-        if _LOOSE.search(text) is None:  # one scan instead of three `in` tests
+        if len(text) >= LONG and _LOOSE.search(text) is None:  # one scan, not three
             return text.strip(" ")
         if "  " in text:
             while "  " in text:  # each pass halves every run: at most log2(len) passes
