@@ -74,3 +74,23 @@ def test_bulk_form_fields_match_pair_by_pair(text: str) -> None:
 def test_printable_lines_matches_isprintable() -> None:
     for text in [*_samples(20_000), "\x7f", "a\nb", "\r", ""]:
         assert transforms._printable_lines(text) == text.replace("\n", " ").isprintable(), repr(text)
+
+
+def _cmd_form_slowly(plain: str) -> str:
+    text = plain
+    for char, replacement in (*transforms._CMD_DROP, (",", " ")):
+        text = text.replace(char, replacement)
+    text = text.replace("${ifs}", " ").replace("$ifs$9", " ").replace("$ifs", " ").replace("$@", "")
+    text = text.replace(" /", "/").replace(" (", "(")
+    return "\n".join(" ".join(line.split()) for line in text.split("\n"))
+
+
+@pytest.mark.parametrize("alphabet", ["ab ,{}'\"\\/($\n", "ab ,{}'\"\\$\n"])
+def test_cmd_form_matches_the_plain_replacements(alphabet: str) -> None:
+    """Commas before a space go first where no " /" or " (" could follow them."""
+    rng = random.Random(7)
+    for n in range(5_000):
+        size = rng.randint(0, 14) if n % 50 else 600
+        raw = "".join(rng.choice([*alphabet, "$ifs", ", "]) for _ in range(size))
+        plain = "\n".join(" ".join(line.split()) for line in raw.split("\n"))
+        assert transforms.cmd_form(plain) == _cmd_form_slowly(plain), repr(plain)

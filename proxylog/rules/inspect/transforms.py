@@ -46,7 +46,7 @@ _CONTROL = {code: None for code in (*range(0, 9), 11, 12, *range(14, 32), 127)} 
 _CONTROL_LINES = {code: LINE if code == 13 else None for code in _CONTROL if code not in (10, 0xE000)}
 _LINE_ENCODED = "%ee%80%80"  # LINE in UTF-8, percent-encoded
 _CMD_DROP = (
-    ("\\", ""), ('"', ""), ("'", ""), ("^", ""), ("[", ""), ("]", ""), ("{", " "), ("}", " "), (",", " ")
+    ("\\", ""), ('"', ""), ("'", ""), ("^", ""), ("[", ""), ("]", ""), ("{", " "), ("}", " ")
 )  # fmt: skip
 
 
@@ -193,6 +193,10 @@ def cmd_form(plain: str) -> str:
     for char, replacement in _CMD_DROP:
         if char in text:
             text = text.replace(char, replacement)
+    if "," in text:  # ", " first (where no " /" or " (" can follow): no space to compress
+        if "/" not in text and "(" not in text:
+            text = text.replace(", ", " ")
+        text = text.replace(",", " ")
     if "$" in text:
         text = text.replace("${ifs}", " ").replace("$ifs$9", " ").replace("$ifs", " ").replace("$@", "")
     if ("/" in text and " /" in text) or ("(" in text and " (" in text):  # memchr first
