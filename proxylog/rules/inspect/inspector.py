@@ -140,7 +140,7 @@ class _Values:
             self.checks.add(920230)
         if d.fullwidth:
             self.checks.add(920260)
-        if d.decodes and ("../" in d.plain or "..\\" in d.plain):
+        if d.decodes and ".." in d.plain and ("../" in d.plain or "..\\" in d.plain):
             before = sum(r.count("../") + r.count("..\\") for r in raws)
             if d.plain.count("../") + d.plain.count("..\\") > before:
                 self.checks.add(930100)
