@@ -1,6 +1,8 @@
-"""What the rule engine costs per request with the default pack, and a CIDR lookup with 100k entries.
+"""What the rule engine costs per request with the default pack, request inspection, and a CIDR
+lookup with 100k entries.
 
     .venv/bin/python benchmarks/rules.py [--requests 20000] [--repeat 5] [--skip-memory]
+                                         [--skip-inspection]
 
 In-process, no proxy: `check` (request headers) and `observe` (status known) are timed
 separately on four workloads, each the best of --repeat runs:
@@ -8,8 +10,11 @@ separately on four workloads, each the best of --repeat runs:
   real log   the 10,000-request Apache log of the test data, in time order (bots, 404s, ...)
   probing    scanners: distinct 404s, traversal and SQLi probes, sqlmap UAs, fresh IPs
   new IPs    every request from a never-seen address (cold client cache)
-then a 100k-entry intel list (CidrSet.contains, and a first-sight client classification),
-and the memory of per-key state when a flood of distinct addresses outgrows `max_keys`.
+then request inspection (an `inspect:` rule at paranoia 1 and 2: µs per request with no
+body on the real log, with an 8 KB form body, and p99 on adversarial 8 KB bodies; the same
+figures as benchmarks/inspection.py --skip-tables), a 100k-entry intel list
+(CidrSet.contains, and a first-sight client classification), and the memory of per-key
+state when a flood of distinct addresses outgrows `max_keys`.
 Figures drift on shared machines: compare within one run.
 """
 
@@ -28,6 +33,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import inspection
 from proxylog.config.reader import Node
 from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import parse_rules
@@ -252,11 +258,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-inspection", action="store_true")
     args = parser.parse_args()
     spec = parse_rules(Node([{"include": str(PACK)}], "rules"), None, None)
     load = os.getloadavg()[0]
     print(f"python {sys.version.split()[0]}; best of {args.repeat} runs; load average {load:.1f}")
     engine_costs(spec, args.requests, args.repeat)
+    if not args.skip_inspection:
+        inspection.cost(args.repeat)
     cidr_costs(args.repeat)
     if not args.skip_memory:
         memory(spec)

@@ -65,6 +65,7 @@ class RuleHit:
     window_s: float
     score: int | None = None  # an inspection rule's anomaly score for this request
     matched: tuple[str, ...] = ()  # the inspection rule ids (CRS ids) that made the score
+    families: tuple[str, ...] = ()  # their attack families (sqli, xss, …), highest score first
 
 
 class AccessRecord(NamedTuple):
@@ -154,10 +155,17 @@ _ACTION_TYPE = {"blocked": "denied", "would_block": "allowed"}
 
 def _deciding_rule(record: AccessRecord) -> dict[str, str] | None:
     """ECS `rule.*` for the rule that reached its threshold on this request, else for the
-    rule whose ban covers the client, if any."""
+    rule whose ban covers the client, if any; for an inspection rule, `category` is its
+    highest-scoring attack family and `description` the score, the CRS ids and every family."""
     for hit in record.rules:
         if hit.count >= hit.threshold:
-            return {"id": hit.id, "name": hit.id, "ruleset": RULESET}
+            rule = {"id": hit.id, "name": hit.id, "ruleset": RULESET}
+            if hit.score is not None and hit.families:
+                rule["category"] = hit.families[0]
+                rule["description"] = (
+                    f"anomaly score {hit.score}: {' '.join(hit.matched)} ({', '.join(hit.families)})"
+                )
+            return rule
     if record.ban_rule is not None:
         return {"id": record.ban_rule, "name": record.ban_rule, "ruleset": RULESET}
     return None

@@ -18,8 +18,12 @@ from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import parse_rules
 from proxylog.identity import TrustedProxies
 from proxylog.record import Mode, format_timestamp
+from proxylog.redact import Redactor
+from proxylog.redact.keys import MASK, fully_decoded
+from proxylog.rules.inspect.explain import PART_NAMES, Matched
 from proxylog.rules.replay import ReplayReport, duration, replay
 from proxylog.rules.sources import PARSERS, Entry, Skipped, open_text, read_entries
+from proxylog.rules.tuning import TuningReport, tune
 from proxylog.rules.types import RuleEvent
 
 EPILOG = """\
@@ -32,9 +36,13 @@ Input: proxylog's JSONL records (nested or flat), nginx/Apache common or combine
 (.gz is read directly; - is stdin). Requests are sorted by timestamp and each timestamp is
 the engine's clock. In monitor mode (the default unless the config or --enforce says
 otherwise) every request is observed; in enforce mode requests a ban would block are not.
+
+Tuning inspection: --inspect-paranoia N inspects every request at the paranoia level of the
+first rule with `when: {inspect: ...}` and at N, and prints per family the requests that
+reach the threshold at each, how many N adds (or drops), and the top 5 values matched by the
+rules only the higher level has, redacted as records are (the config's `redact:`), e.g.
+  proxylog replay access.jsonl --config proxylog.yaml --inspect-paranoia 2 --events none
 """
-
-
 
 
 def register(commands: Any) -> None:
@@ -68,7 +76,19 @@ def register(commands: Any) -> None:
         "--events", choices=("all", "bans", "none"), default="all", help="which events to list (default: all)"
     )
     parser.add_argument("--no-sort", action="store_true", help="replay in file order (input already sorted)")
-    parser.add_argument("--json", action="store_true", help="NDJSON: one line per event, then a summary line")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="NDJSON: one line per event (an inspection line with --inspect-paranoia), then a summary",
+    )
+    parser.add_argument(
+        "--inspect-paranoia",
+        metavar="N",
+        type=int,
+        choices=range(1, 5),
+        help="also compare inspection at the configured paranoia level with level N (1-4): "
+        "per-family hits at both and the top values N adds, redacted",
+    )
     parser.set_defaults(func=cmd_replay)
 
 
@@ -140,7 +160,7 @@ def _replay_command(args: argparse.Namespace) -> int:
     spec, config = _spec(args)
     mode = Mode(args.mode or config.mode)
     out: TextIO = sys.stdout
-    if not spec.rules and not spec.intel:
+    if not spec.rules and not spec.intel and args.inspect_paranoia is None:
         print("proxylog replay: no rules to replay: pass --config FILE or --rules PACK", file=sys.stderr)
         return 2
     skipped = Skipped()
@@ -164,8 +184,13 @@ def _replay_command(args: argparse.Namespace) -> int:
         ticking = progress.each(entries, "replaying", len(entries))
         return replay(ticking, spec, mode=mode, sort=False, on_event=on_event, trusted=trusted)
 
+    tuning = None
+    if args.inspect_paranoia is not None:
+        tuning = tune(entries, spec, args.inspect_paranoia, _shower(Redactor(config.redact)))
     if args.json:
         report = run(lambda e: _json_event(out, e, show))
+        if tuning is not None:
+            _json_tuning(out, tuning)
         _json_summary(out, report, spec, mode, skipped)
         return 0
     _print_header(out, args.files, entries, spec, mode, skipped)
@@ -173,6 +198,8 @@ def _replay_command(args: argparse.Namespace) -> int:
         print(f"\n{'WHEN':<27} {'EVENT':<6} {'RULE':<20} {'KEY':<24} DETAIL", file=out)
     report = run(lambda e: _text_event(out, e, show))
     _print_summary(out, report, spec, mode)
+    if tuning is not None:
+        _print_tuning(out, tuning)
     return 0
 
 
@@ -292,5 +319,93 @@ def _json_summary(out: TextIO, report: ReplayReport, spec: RulesSpec, mode: str,
         "banned_keys": sorted({e.key for e in bans}),
         "tags": dict(report.tagged.most_common()),
         "rules": report.rules,
+    }
+    out.write(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE).decode())
+
+
+VALUE_WIDTH = 60
+_LEAD = 12  # characters shown before a match
+
+
+def _shower(redactor: Redactor) -> Callable[[Matched], str]:
+    """A match as printed: ``part:name value``. The value is redacted as a record's field
+    would be, URL-decoded, as sent and transformed: the first of them redaction changes is
+    shown redacted; if none changes, the transformed value around the match. At most
+    `VALUE_WIDTH` characters; fails closed."""
+    text = redactor.text
+
+    def redacted(match: Matched, value: str) -> str:
+        if match.part == "a" and match.name:
+            prefix = f"{match.name}="
+            out = text.pairs(prefix + value)
+            out = out[len(prefix) :] if out.startswith(prefix) else out
+        elif match.part == "c":
+            prefix = f"{match.name}="
+            found = text.header("cookie", prefix + value)
+            out = MASK if found is None else found.removeprefix(prefix)
+        elif match.part == "h" and match.name:
+            out = text.header(match.name, value) or MASK
+        else:
+            out = value
+        return text.scan(out)
+
+    def show(match: Matched) -> str:
+        where = PART_NAMES[match.part] + (f":{match.name}" if match.name else "")
+        try:
+            for value in (fully_decoded(match.raw), match.raw, match.form):
+                cleaned = redacted(match, value)
+                if cleaned != value:
+                    return f"{where} {_printable(cleaned)[:VALUE_WIDTH]}"
+            start = max(0, match.start - _LEAD)
+            window = match.form[start : start + VALUE_WIDTH]
+        except Exception:
+            return f"{where} {MASK}"
+        cut = "…" if start else ""
+        return f"{where} {cut}{_printable(window)}{'…' if start + VALUE_WIDTH < len(match.form) else ''}"
+
+    return show
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "⏎" if c == "\ue000" else "?" for c in text)
+
+
+def _print_tuning(out: TextIO, tuning: TuningReport) -> None:
+    base = f"paranoia {tuning.base}" if tuning.rule else "no inspecting rule"
+    print(
+        f"\ninspection: {base}{f' ({tuning.rule})' if tuning.rule else ''} vs paranoia {tuning.other}, "
+        f"threshold {tuning.threshold}: {tuning.base_hits:,} → {tuning.other_hits:,} of "
+        f"{tuning.requests:,} requests",
+        file=out,
+    )
+    change = "ADDS" if tuning.other > tuning.base else "DROPS"
+    print(f"{'FAMILY':<18} {f'PL{tuning.base}':>8} {f'PL{tuning.other}':>8} {change:>8}", file=out)
+    if not tuning.families:
+        print("(no request reaches the threshold at either level)", file=out)
+    for family, tally in sorted(tuning.families.items()):
+        print(f"{family:<18} {tally.base:>8,} {tally.other:>8,} {tally.added:>8,}", file=out)
+        for value, count in tuning.top(family):
+            print(f"  {count:>6,}x {value}", file=out)
+
+
+def _json_tuning(out: TextIO, tuning: TuningReport) -> None:
+    doc = {
+        "type": "inspection",
+        "rule": tuning.rule,
+        "paranoia": tuning.base,
+        "compared_with": tuning.other,
+        "threshold": tuning.threshold,
+        "requests": tuning.requests,
+        "hits": tuning.base_hits,
+        "compared_hits": tuning.other_hits,
+        "families": {
+            family: {
+                "hits": tally.base,
+                "compared_hits": tally.other,
+                "changed": tally.added,
+                "top_values": [{"value": v, "count": n} for v, n in tuning.top(family)],
+            }
+            for family, tally in sorted(tuning.families.items())
+        },
     }
     out.write(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE).decode())

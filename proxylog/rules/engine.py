@@ -260,9 +260,9 @@ class RuleEngine:
             out = out or Outcome()
             out.tags.extend(f"attack-{family}" for family in found.families)
             score: int | None = found.score
-            matched = tuple(map(str, found.ids))
+            matched, families = tuple(map(str, found.ids)), found.families
         else:
-            score, matched = None, ()
+            score, matched, families = None, (), ()
         stats.matched += 1
         member = rule.member(facts) if rule.member is not None else None
         own = 0
@@ -280,10 +280,10 @@ class RuleEngine:
             elif own * 2 < rule.threshold and score is None:
                 return out
             out = out or Outcome()
-            out.hits.append(RuleHit(rule.id, own, rule.threshold, rule.window, score, matched))
+            out.hits.append(RuleHit(rule.id, own, rule.threshold, rule.window, score, matched, families))
             return out
         out = out or Outcome()
-        out.hits.append(RuleHit(rule.id, own, rule.threshold, rule.window, score, matched))
+        out.hits.append(RuleHit(rule.id, own, rule.threshold, rule.window, score, matched, families))
         key, count, threshold = fired
         stats.fired += 1
         out.tags.extend(rule.tags)

@@ -100,16 +100,28 @@ def _dig(doc: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-def _record_headers(doc: dict[str, Any]) -> set[str]:
-    """The request header names a record captured: ECS `http.request.referrer`, the rest
+def _record_headers(doc: dict[str, Any]) -> dict[str, Any]:
+    """The request headers a record captured, by name: ECS `http.request.referrer`, the rest
     under `proxylog.http.request.headers` (or `http.request.headers`, schema_version 1)."""
-    names = {"referer"} if _dig(doc, "http.request.referrer") is not None else set()
+    referrer = _dig(doc, "http.request.referrer")
+    headers: dict[str, Any] = {"referer": referrer} if referrer is not None else {}
     for where in ("proxylog.http.request.headers", "http.request.headers"):
         nested = _dig(doc, where)
-        names.update(nested if isinstance(nested, dict) else ())
+        headers.update(nested if isinstance(nested, dict) else {})
         prefix = where + "."
-        names.update(key[len(prefix) :] for key in doc if key.startswith(prefix))
-    return names
+        headers.update((key[len(prefix) :], value) for key, value in doc.items() if key.startswith(prefix))
+    return headers
+
+
+def _record_body(doc: dict[str, Any], headers: dict[str, Any]) -> tuple[bytes | None, str | None]:
+    """A captured request body (as logged, so redacted) and the Content-Type to read it by:
+    JSON when it was captured parsed (a form's fields are logged as a JSON object), else the
+    captured Content-Type header, if any."""
+    content = _dig(doc, "http.request.body.content")
+    if not isinstance(content, str) or not content:
+        return None, None
+    ctype = "application/json" if content.lstrip()[:1] in ("{", "[") else headers.get("content-type")
+    return content.encode("utf-8", "surrogateescape"), ctype if isinstance(ctype, str) else None
 
 
 def facts_from_record(doc: dict[str, Any]) -> Entry:
@@ -120,8 +132,10 @@ def facts_from_record(doc: dict[str, Any]) -> Entry:
     if not isinstance(path, str) or not isinstance(timestamp, str):
         raise ParseError("not an access record")
     agent = _agent(_dig(doc, "user_agent.original"))
-    names = _record_headers(doc) | ({"user-agent"} if agent else set())
+    headers = _record_headers(doc)
+    names = set(headers) | ({"user-agent"} if agent else set())
     status = _dig(doc, "http.response.status_code")
+    body, content_type = _record_body(doc, headers)
     facts = RequestFacts(
         ts=parse_timestamp(timestamp),
         client_ip=str(_dig(doc, "client.ip") or _dig(doc, "source.ip") or ""),
@@ -131,8 +145,18 @@ def facts_from_record(doc: dict[str, Any]) -> Entry:
         user_agent=agent,
         header_names=frozenset(names),
         host=str(_dig(doc, "url.domain") or ""),
+        headers=_inspected(headers),
+        body=body,
+        content_type=content_type,
     )
     return Entry(facts, status if isinstance(status, int) else None)
+
+
+def _inspected(headers: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The headers inspection reads (Cookie, Referer, X-*), lower-case names, as strings."""
+    return tuple(
+        (k, str(v)) for k, v in headers.items() if v is not None and (k in _INSPECTED or k[:2] == "x-")
+    )
 
 
 def facts_from_corpus(doc: dict[str, Any], default_ts: float = 0.0) -> Entry:
@@ -152,9 +176,7 @@ def facts_from_corpus(doc: dict[str, Any], default_ts: float = 0.0) -> Entry:
         user_agent=_agent(headers.get("user-agent")),
         header_names=frozenset(k for k, v in headers.items() if v is not None),
         host=str(headers.get("host") or ""),
-        headers=tuple(
-            (k, str(v)) for k, v in headers.items() if v is not None and (k in _INSPECTED or k[:2] == "x-")
-        ),
+        headers=_inspected(headers),
         body=body.encode("utf-8", "surrogateescape") if isinstance(body, str) and body else None,
         content_type=str(headers["content-type"]) if headers.get("content-type") else None,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests._ecs import assert_ecs
 from tests._http import request
 from tests.conftest import Puma
 
@@ -20,7 +21,9 @@ BENIGN = Path(__file__).resolve().parent.parent / "data" / "inspect" / "benign_f
 
 def test_sqli_body_is_blocked_before_puma_and_benign_posts_pass(start_proxylog, puma: Puma) -> None:
     """A SQLi form body gets 403 and never reaches Puma; a query payload too; the benign
-    form and JSON posts all pass; the record names the score and CRS ids."""
+    form and JSON posts all pass; the record names the score and CRS ids under proxylog.rules
+    and the deciding proxylog rule in ECS `rule.*` (the attack family as its category), and
+    every record passes the ECS validator."""
     prefix = "/" + uuid.uuid4().hex[:12]
     proxy = start_proxylog({"rules": RULES}, args=["--enforce"])
     attack = request(
@@ -42,6 +45,13 @@ def test_sqli_body_is_blocked_before_puma_and_benign_posts_pass(start_proxylog, 
     assert "attack-sqli" in blocked["tags"]
     hit = blocked["proxylog"]["rules"][0]
     assert hit["score"] >= 5 and "942440" in hit["matched"]
+    rule = blocked["rule"]
+    assert (rule["id"], rule["name"], rule["ruleset"]) == ("inspect", "inspect", "proxylog")
+    assert rule["category"] == "sqli"
+    assert "942440" in rule["description"]
+    assert "rule" not in records[f"{prefix}/ok0"]
+    for record in records.values():
+        assert_ecs(record)
 
 
 def test_monitor_mode_tags_the_body_for_puma(start_proxylog, puma: Puma) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from proxylog.config.reader import Node
 from proxylog.config.rules import parse_rules
 from proxylog.errors import ConfigError
+from proxylog.record import RuleHit, Schema, encode_record
 from proxylog.rules import RequestFacts, RuleEngine
-from proxylog.testing import FakeClock
+from proxylog.testing import FakeClock, make_record
+from tests._ecs import assert_ecs, flat
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -93,3 +96,23 @@ def test_unknown_excluded_id_is_a_config_error() -> None:
     """An excluded id the catalog lacks is refused, naming the rule and the key."""
     with pytest.raises(ConfigError, match=r"rules\.inspect\.when\.inspect\.exclude_ids.*942999"):
         engine({"inspect": {"exclude_ids": [942999]}})
+
+
+@pytest.mark.parametrize("schema", ["nested", "flat"])
+def test_the_deciding_inspection_rule_is_ecs_rule(schema: Schema) -> None:
+    """A record an inspection rule decided names it in ECS `rule.*`: id, name and ruleset the
+    proxylog rule, `category` the highest-scoring attack family, `description` the score and CRS ids; the
+    document passes the ECS validator. A volume rule's record has no category."""
+    verdict = engine({"inspect": {"paranoia": 1}}).check(facts("id=1+union+select+1,2&c=%3Cscript%3E"))
+    record = make_record(query="id=1+union+select+1,2&c=%3Cscript%3E", rules=verdict.rules, tags=verdict.tags)
+    doc = flat(orjson.loads(encode_record(record, schema)))
+    assert_ecs(orjson.loads(encode_record(record, schema)))
+    hit = verdict.rules[0]
+    assert (doc["rule.id"], doc["rule.name"], doc["rule.ruleset"]) == ("inspect", "inspect", "proxylog")
+    assert hit.families == ("xss", "sqli")  # xss scores 10 (941110, 941160), sqli 5
+    assert doc["rule.category"] == "xss"
+    assert doc["rule.description"] == f"anomaly score {hit.score}: {' '.join(hit.matched)} (xss, sqli)"
+    assert "942190" in doc["rule.description"] and "941110" in doc["rule.description"]
+    volume = make_record(rules=(RuleHit("probe", 3, 3, 60.0),))
+    plain = flat(orjson.loads(encode_record(volume, schema)))
+    assert plain["rule.id"] == "probe" and "rule.category" not in plain and "rule.description" not in plain

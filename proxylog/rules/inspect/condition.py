@@ -10,7 +10,8 @@ from proxylog.rules.inspect.inspector import INFO, Inspection
 
 @dataclass(frozen=True, slots=True)
 class InspectResult:
-    """A request's anomaly score under one condition, the rule ids that made it, their families."""
+    """A request's anomaly score under one condition, the rule ids that made it (sorted) and
+    their families, the highest-scoring first (ties in rule-id order)."""
 
     score: int
     ids: tuple[int, ...]
@@ -42,7 +43,7 @@ class InspectCondition:
             return NO_RESULT
         score = 0
         ids: list[int] = []
-        families: dict[str, None] = {}
+        families: dict[str, int] = {}
         for rule_id in inspection.ids:
             family, paranoia, severity = INFO[rule_id]
             if paranoia > self.paranoia or rule_id in self.excluded:
@@ -51,8 +52,11 @@ class InspectCondition:
                 continue
             score += severity
             ids.append(rule_id)
-            families[family] = None
-        return InspectResult(score, tuple(ids), tuple(families)) if ids else NO_RESULT
+            families[family] = families.get(family, 0) + severity
+        if not ids:
+            return NO_RESULT
+        ranked = sorted(families, key=families.__getitem__, reverse=True) if len(families) > 1 else families
+        return InspectResult(score, tuple(ids), tuple(ranked))
 
     def holds(self, inspection: Inspection) -> bool:
         """Whether the request's score reaches the threshold."""

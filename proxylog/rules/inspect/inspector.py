@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 import re2
 
 from proxylog.rules.inspect import rce, sqli, web, xss
-from proxylog.rules.inspect.bodies import body_pairs, form_pairs
+from proxylog.rules.inspect.bodies import body_pairs, is_form
 from proxylog.rules.inspect.catalog import CHECKS, GROUPS, Group, Rule
 from proxylog.rules.inspect.transforms import Decoded, cmd_form, decode_many, sql_form
 from proxylog.rules.types import RequestFacts
@@ -90,6 +90,38 @@ class _Values:
         else:
             found.append(raw)
 
+    def form(self, text: str) -> None:
+        """The names and values of ``a=1&b=2`` text (a query or a form body), as `add` would
+        take them pair by pair; in bulk when they fit the budget (the usual case)."""
+        pairs = [part.partition("=") for part in text.split("&", MAX_VALUES)[:MAX_VALUES] if part]
+        names = [p[0] for p in pairs if p[0]]
+        raws = [p[2] for p in pairs if p[2]]
+        size = sum(map(len, names)) + sum(map(len, raws))
+        if self.count + len(names) + len(raws) > MAX_VALUES or size > self.budget:
+            for name, _, value in pairs:  # the budget runs out inside: value by value
+                self.pair(name, value, True)
+            return
+        self.count += len(names) + len(raws)
+        self.budget -= size
+        parts: tuple[tuple[Group, list[str]], ...] = (("n", names), ("a", raws))
+        for group, found in parts:
+            if found:
+                self.raw.setdefault((group, True), []).extend(found)
+        if names and len(self.names) < MAX_VALUES:
+            lowered = "\n".join(names).lower()
+            if "%" in lowered or "\r" in lowered or lowered.count("\n") != len(names) - 1:
+                self.names.extend(unquote(name).lower() if "%" in name else name.lower() for name in names)
+            else:
+                self.names.extend(lowered.split("\n"))
+            del self.names[MAX_VALUES:]
+
+    def pair(self, name: str | None, value: str, plus: bool) -> None:
+        if name:
+            self.add("n", name, plus)
+            if len(self.names) < MAX_VALUES:
+                self.names.append(unquote(name).lower() if "%" in name else name.lower())
+        self.add("a", value, plus)
+
     def decoded(self) -> dict[Group, list[str]]:
         """Each part's values, decoded and one per line (a part's form- and non-form-encoded
         values are decoded apart)."""
@@ -108,7 +140,7 @@ class _Values:
             self.checks.add(920230)
         if d.fullwidth:
             self.checks.add(920260)
-        if d.decodes and ("../" in d.plain or "..\\" in d.plain):
+        if d.decodes and ".." in d.plain and ("../" in d.plain or "..\\" in d.plain):
             before = sum(r.count("../") + r.count("..\\") for r in raws)
             if d.plain.count("../") + d.plain.count("..\\") > before:
                 self.checks.add(930100)
@@ -136,8 +168,7 @@ class Inspector:
         values = _Values()
         values.add("p", facts.path, False)
         if facts.query:
-            for name, value, plus in form_pairs(facts.query, MAX_VALUES):
-                self._pair(values, name, value, plus)
+            values.form(facts.query)
         referer: str | None = None
         for name, value in facts.headers:
             if name == "cookie":
@@ -156,8 +187,11 @@ class Inspector:
                 values.checks.add(920170)
             if facts.body.startswith(b"\xac\xed\x00\x05"):
                 values.checks.add(944120)
-            for name, value, plus in body_pairs(facts.body, facts.content_type, MAX_VALUES):
-                self._pair(values, name, value, plus)
+            if is_form(facts.body, facts.content_type):
+                values.form(facts.body.decode("latin-1"))
+            else:
+                for key, value, plus in body_pairs(facts.body, facts.content_type, MAX_VALUES):
+                    values.pair(key, value, plus)
         if facts.method and facts.method not in ALLOWED_METHODS:
             values.checks.add(911100)
         if values.names:
@@ -165,16 +199,8 @@ class Inspector:
         return self._match(values)
 
     @staticmethod
-    def _pair(values: _Values, name: str | None, value: str, plus: bool) -> None:
-        if name:
-            values.add("n", name, plus)
-            if len(values.names) < MAX_VALUES:
-                values.names.append(unquote(name).lower() if "%" in name else name.lower())
-        values.add("a", value, plus)
-
-    @staticmethod
     def _session(values: _Values, referer: str | None, host: str) -> None:
-        if not any(name in SESSION_NAMES for name in values.names):
+        if SESSION_NAMES.isdisjoint(values.names):
             return
         if not referer:
             values.checks.add(943120)
