@@ -25,6 +25,7 @@ from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from proxylog.http1 import MAX_CHUNK_LINE, ChunkError, check_head, chunk_size, empty_lines_at, find_head_end
+from proxylog.mitm.flows import HEAD_SIZES
 from proxylog.mitm.replies import REFUSED, error_reply
 
 logger = logging.getLogger("proxylog")
@@ -132,12 +133,13 @@ class GuardedHttp1Server(Http1Server):
             yield from self._refuse(raw, 400, reason)
             return
         try:
-            self.request = http1.read_request_head(raw.split(b"\r\n")[:-2])
-            expected_body_size = http1.expected_http_body_size(self.request)
+            self.request = request = http1.read_request_head(raw.split(b"\r\n")[:-2])
+            expected_body_size = http1.expected_http_body_size(request)
         except ValueError as e:  # what check_head accepts but mitmproxy cannot represent
             yield from self._refuse(raw, 400, str(e)[:100])
             return
-        yield ReceiveHttp(RequestHeaders(self.stream_id, self.request, expected_body_size == 0))
+        HEAD_SIZES[request] = len(raw)
+        yield ReceiveHttp(RequestHeaders(self.stream_id, request, expected_body_size == 0))
         chunked = expected_body_size is None
         self.body_reader = StrictChunkedReader() if chunked else make_body_reader(expected_body_size)
         self.state = self.read_body
