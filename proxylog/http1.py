@@ -29,6 +29,7 @@ _CLEAN_HEAD = re2.compile(
     _BYTES,
 )
 _VERSION_SHAPE = re2.compile(rb"HTTP/[0-9]\.[0-9]", _BYTES)
+_BARE_CR = re2.compile(rb"\r[^\n]", _BYTES)  # a CR that is not the start of a CRLF
 _LINE_BYTES = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _TARGET_BYTES = bytes(b for b in range(0x21, 0x7F) if b not in b'"<>')
 # reg-name, IP-literal and port characters (RFC 3986 §3.2.2), what Puma may see as the host.
@@ -57,6 +58,9 @@ def check_head(raw_head: bytes) -> str | None:
 def _diagnose(raw: bytes) -> str:
     """The first syntax error of a head the clean-head pattern rejected (the slow path, so it
     may walk the lines); a generic reason if it finds none."""
+    if raw.endswith(b"\r"):  # what find_head_end ends at a bare CR
+        index = raw.count(b"\n")
+        return f"bare CR in {'request line' if index == 0 else f'header {index}'}"
     if not raw.endswith(b"\n"):
         return "incomplete request head"
     lines = raw.split(b"\n")[:-1]  # raw ends with LF, so the last piece is empty
@@ -193,12 +197,17 @@ def empty_lines_at(data: bytes | bytearray) -> int:
 def find_head_end(data: bytes | bytearray, start: int = 0) -> int:
     """The offset just past the empty line that ends a head in `data` (searching from
     `start`), or -1. A head ended by bare LFs counts as ended too, so that it is refused at
-    once rather than when the header timeout expires."""
+    once rather than when the header timeout expires. So does one with a bare CR (a CR
+    followed by anything but LF), ending just past it: with bare-CR line endings no empty
+    line ever ends the head."""
     end = data.find(b"\r\n\r\n", start)
     if end >= 0:
         return end + 4
     ends = [i + n for i, n in ((data.find(b"\n\n", start), 2), (data.find(b"\n\r\n", start), 3)) if i >= 0]
-    return min(ends) if ends else -1
+    if ends:
+        return min(ends)
+    bare = _BARE_CR.search(data, start)
+    return -1 if bare is None else bare.start() + 1
 
 
 def lenient_head(raw: bytes) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]]] | None:

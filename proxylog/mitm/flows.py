@@ -3,6 +3,7 @@ rewritten headers back onto the flow, and the flow's outcome into its exchange."
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from mitmproxy import http
@@ -15,6 +16,10 @@ from proxylog.record import AccessRecord
 from proxylog.redact.bodies import BodyParser
 
 META = "proxylog"
+
+# Each request head's size as received (OWS, empty values and all), set by GuardedHttp1Server
+# for the record's byte count; a request it did not read is sized from its fields.
+HEAD_SIZES: weakref.WeakKeyDictionary[http.Request, int] = weakref.WeakKeyDictionary()
 
 
 class ByteCounter:
@@ -52,10 +57,11 @@ def head_of(flow: http.HTTPFlow) -> RequestHead:
     request = flow.request
     data = request.data
     fields = list(request.headers.fields)
-    # its size as sent: an absolute-form target counts its scheme and authority too
-    target = len(data.path) + (len(data.scheme) + 3 + len(data.authority) if data.authority else 0)
-    size = len(data.method) + target + len(data.http_version) + 6
-    size += sum(len(name) + len(value) + 4 for name, value in fields)
+    size = HEAD_SIZES.get(request)
+    if size is None:  # from its fields: an absolute-form target counts scheme and authority too
+        target = len(data.path) + (len(data.scheme) + 3 + len(data.authority) if data.authority else 0)
+        size = len(data.method) + target + len(data.http_version) + 6
+        size += sum(len(name) + len(value) + 4 for name, value in fields)
     return RequestHead(
         method=data.method,
         target=data.path,

@@ -1,5 +1,6 @@
 """Layers proxylog substitutes for mitmproxy's: TLS refusal on a plain-HTTP listener, and an
-HTTP/1 server layer with a request-head size limit and proxylog's own error replies."""
+HTTP/1 server layer that bounds, checks and frames requests as the fast plane does (the
+shared rules in proxylog/http1.py), with proxylog's own error replies."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from proxylog.http1 import MAX_CHUNK_LINE, ChunkError, check_head, chunk_size, empty_lines_at, find_head_end
+from proxylog.mitm.flows import HEAD_SIZES
 from proxylog.mitm.replies import REFUSED, error_reply
 
 logger = logging.getLogger("proxylog")
@@ -58,16 +60,17 @@ def refuse_tls_on_plain_listener(nextlayer: layer.NextLayer) -> bool:
 
 
 class GuardedHttp1Server(Http1Server):
-    """mitmproxy's HTTP/1 server layer with two changes.
+    """mitmproxy's HTTP/1 server layer, reading requests as the fast plane does.
 
     A request head, counting any empty lines before it, must end within `max_head` bytes.
     The check runs on every read and scans only the bytes that arrived since the last one,
     so the buffer never holds more than `max_head` plus one read (64 KiB) and the work is
     linear in what the client sends; mitmproxy's own buffer grows without bound. The same
     bound holds while a request is being answered: a client that sends more than `max_head`
-    ahead of its answer is disconnected. A head that
-    is too large or cannot be parsed never becomes a flow: `refuse` records it and returns
-    the reply, sent before the connection is closed.
+    ahead of its answer is cut off. A complete head goes through the shared `check_head` on
+    its raw bytes; one that is too large or refused never becomes a flow: `refuse` records
+    it and returns the reply, sent before the connection is half-closed. Chunked bodies are
+    read by StrictChunkedReader; bad framing fails the flow after proxylog's 400.
 
     mitmproxy's error pages (HTML naming mitmproxy, echoing the client's input) are replaced
     by proxylog's short replies carrying the request's X-Request-Id.
@@ -132,12 +135,13 @@ class GuardedHttp1Server(Http1Server):
             yield from self._refuse(raw, 400, reason)
             return
         try:
-            self.request = http1.read_request_head(raw.split(b"\r\n")[:-2])
-            expected_body_size = http1.expected_http_body_size(self.request)
+            self.request = request = http1.read_request_head(raw.split(b"\r\n")[:-2])
+            expected_body_size = http1.expected_http_body_size(request)
         except ValueError as e:  # what check_head accepts but mitmproxy cannot represent
             yield from self._refuse(raw, 400, str(e)[:100])
             return
-        yield ReceiveHttp(RequestHeaders(self.stream_id, self.request, expected_body_size == 0))
+        HEAD_SIZES[request] = len(raw)
+        yield ReceiveHttp(RequestHeaders(self.stream_id, request, expected_body_size == 0))
         chunked = expected_body_size is None
         self.body_reader = StrictChunkedReader() if chunked else make_body_reader(expected_body_size)
         self.state = self.read_body

@@ -68,6 +68,7 @@ CASES: list[tuple[str, bytes]] = [
     ("tagged", b"GET /wp-admin?d=tag HTTP/1.1\r\nHost: app\r\n\r\n"),
     ("blocked-scanner", b"GET /d/blocked HTTP/1.1\r\nHost: app\r\nUser-Agent: sqlmap/1.7\r\n\r\n"),
     ("two-host-headers", b"GET /d/hosts HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+    ("header-whitespace", b"GET /d/ows HTTP/1.1\r\nHost:app\r\nX-A: \t b \t\r\nX-B:\r\n\r\n"),
     ("encoded-path", b"GET /d/caf%C3%A9/%E9?q=%FF&r=%00 HTTP/1.1\r\nHost: app\r\n\r\n"),
 ]
 
