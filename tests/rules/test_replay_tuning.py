@@ -18,10 +18,9 @@ from tests.rules.test_corpora import DATA, REAL_LOG
 ROOT = Path(__file__).resolve().parents[2]
 INSPECT_PACK = ROOT / "configs" / "rules" / "inspect.yaml"
 HUB_REQUESTS = DATA / "crowdsec-hub" / "requests.jsonl"
-PAYLOADS = DATA / "payloadsallthethings" / "requests.jsonl"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
-XSS_LINE = "%3CIMG%20SRC=javascript:alert('XSS')%3E\""
+XSS_PATH = "/?q=%3CIMG%20SRC=javascript:alert('XSS')%3E"
 
 pytestmark = pytest.mark.skipif(not REAL_LOG.is_file(), reason=f"test corpora not found under {DATA}")
 
@@ -35,8 +34,12 @@ def _lines(path: Path, keep: int | None = None, contains: str = "") -> list[str]
 @pytest.fixture
 def mixed_log(tmp_path: Path) -> Path:
     """200 real Apache requests, the VMware template-injection exploit lines of CrowdSec's
-    hub tests and PayloadsAllTheThings' ``<img src=javascript:…>`` XSS (a paranoia-2 match)."""
-    attacks = _lines(HUB_REQUESTS, contains="vmware-cve-2022-22954") + _lines(PAYLOADS, 3, contains=XSS_LINE)
+    hub tests and PayloadsAllTheThings' ``<img src=javascript:…>`` XSS (a paranoia-2 match),
+    all from the corpora CI has (tests/data/corpora.tar.gz when ../shared is absent)."""
+    # Two of PayloadsAllTheThings' XSS lists carry this payload (RSnake's and a detection
+    # list); written here as that corpus writes a request.
+    xss = orjson.dumps({"method": "GET", "path": XSS_PATH, "headers": {}, "body": None}).decode()
+    attacks = [*_lines(HUB_REQUESTS, contains="vmware-cve-2022-22954"), xss, xss]
     assert len(attacks) == 4
     lines = _lines(REAL_LOG, 200) + [
         orjson.dumps({**orjson.loads(line), "client_ip": f"203.0.113.{n}", "ts": 1_700_000_000 + n}).decode()
