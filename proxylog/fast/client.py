@@ -302,6 +302,7 @@ class ClientConn(asyncio.Protocol):
         if linger and transport.can_write_eof():
             transport.write_eof()
             server.linger_due.arm(self)
+            server.connection_lingering(self)
         else:
             transport.close()
 

@@ -47,6 +47,7 @@ class FastServer:
         self.body_due: Deadlines[Relay] = Deadlines(options.body_window, clock)
         self._connections: set[ClientConn] = set()
         self._per_client: dict[str, int] = {}
+        self._counted: set[ClientConn] = set()  # the connections _per_client counts
         self._inflight: set[Relay] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -97,6 +98,7 @@ class FastServer:
         """Count `conn`; False when its client is over `connections_per_client` (and is
         not a trusted proxy): the connection is closed at once."""
         self._connections.add(conn)
+        self._counted.add(conn)
         ip = conn.peer[0]
         count = self._per_client.get(ip, 0) + 1
         self._per_client[ip] = count
@@ -104,8 +106,15 @@ class FastServer:
         return not (0 < cap < count) or self.handler.is_trusted(ip)
 
     def connection_closed(self, conn: ClientConn) -> None:
-        if conn in self._connections:
-            self._connections.discard(conn)
+        self._connections.discard(conn)
+        self.connection_lingering(conn)
+
+    def connection_lingering(self, conn: ClientConn) -> None:
+        """`conn` got its last reply and only waits for the client to read it (or for
+        `linger`): it no longer counts toward its client's `connections_per_client`, so a
+        client whose requests were refused is not then locked out for the linger time."""
+        if conn in self._counted:
+            self._counted.discard(conn)
             ip = conn.peer[0]
             count = self._per_client.get(ip, 0) - 1
             if count > 0:
