@@ -314,6 +314,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             serve(config, enforce=args.enforce, flags=flags, worker=args.worker), loop_factory=loop
         )
     finally:
+        # Closing the loop restored the default handlers: a signal arriving while the
+        # process finishes exiting (a supervisor's or systemd's late SIGTERM) must not turn
+        # a clean exit into death by signal.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         listener.stop()
 
 
