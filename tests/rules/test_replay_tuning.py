@@ -35,7 +35,7 @@ def _lines(path: Path, keep: int | None = None, contains: str = "") -> list[str]
 def mixed_log(tmp_path: Path) -> Path:
     """200 real Apache requests, the VMware template-injection exploit lines of CrowdSec's
     hub tests and PayloadsAllTheThings' ``<img src=javascript:…>`` XSS (a paranoia-2 match),
-    all from the corpora CI has (tests/data/corpora.tar.gz when ../shared is absent)."""
+    all from the corpora CI has (the bundled tests/data/corpora.tar.gz included)."""
     # Two of PayloadsAllTheThings' XSS lists carry this payload (RSnake's and a detection
     # list); written here as that corpus writes a request.
     xss = orjson.dumps({"method": "GET", "path": XSS_PATH, "headers": {}, "body": None}).decode()
