@@ -287,3 +287,24 @@ def test_check_refuses_workers_the_engine_cannot_run(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "workers: 2 workers need the fast engine" in done.stderr
+
+
+def test_a_restarted_worker_is_given_what_changed_while_it_was_down(start_workers) -> None:
+    """Memory backend: an allowlist entry and a ban made while worker 0 is dead reach only
+    worker 1; the supervisor gives them to the new worker 0 once it listens."""
+    from proxylog.ops.client import ControlClient
+
+    proxy = start_workers()
+    victim = pids(proxy)[0]
+    os.kill(victim, signal.SIGKILL)
+    ctl(proxy, "allow", "add", "10.9.0.0/16")
+    ctl(proxy, "ban", "198.51.100.23", "--ttl", "10m")
+    wait_until(lambda: (w := ctl_json(proxy, "status")["workers"][0])["ready"] and w["pid"] != victim)
+    worker0 = ControlClient(socket_path=str(proxy.control_socket.parent / "workers" / "0" / "control.sock"))
+
+    def synced() -> bool:
+        _, allow = worker0.call("GET", "/allow")
+        _, bans = worker0.call("GET", "/bans")
+        return "10.9.0.0/16" in allow["allow"] and [b["key"] for b in bans["bans"]] == ["198.51.100.23"]
+
+    assert wait_until(synced)
