@@ -4,28 +4,13 @@ invalid status line, and a client that half-closes after a complete request."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 
 from tests.fast import _upstreams as scripted
+from tests.fast._http import read_all
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def upstreams() -> Iterator[list[scripted.Upstream]]:
-    started: list[scripted.Upstream] = []
-    yield started
-    for upstream in started:
-        upstream.close()
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    received = b""
-    while chunk := sock.recv(65536):
-        received += chunk
-    return received
 
 
 @pytest.mark.parametrize(
@@ -44,7 +29,7 @@ def test_an_invalid_upstream_status_line_is_typed_upstream_invalid(
     proxy = start_proxylog({"upstream": f"http://127.0.0.1:{upstream.port}"})
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(b"GET /bad-status HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
-        reply = _read_all(sock)
+        reply = read_all(sock)
     assert reply.startswith(b"HTTP/1.1 502 "), reply[:80]
     [record] = proxy.access(count=1)
     assert record["error"]["type"] == "upstream_invalid", record["error"]
@@ -61,7 +46,7 @@ def test_a_client_half_closing_after_a_complete_get_gets_its_response(start_prox
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(b"GET /half-closed HTTP/1.1\r\nHost: app\r\n\r\n")
         sock.shutdown(socket.SHUT_WR)
-        reply = _read_all(sock)
+        reply = read_all(sock)
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:80]
     [record] = proxy.access(count=1)
     assert "error" not in record, record["error"]

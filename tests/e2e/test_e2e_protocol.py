@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import os
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -15,14 +14,6 @@ import pytest
 
 from tests.fast import _upstreams as scripted
 from tests.fast._http import read_response
-
-
-@pytest.fixture
-def upstreams() -> Iterator[list[scripted.Upstream]]:
-    started: list[scripted.Upstream] = []
-    yield started
-    for upstream in started:
-        upstream.close()
 
 
 def _scripted(upstreams: list[scripted.Upstream], make: Any) -> scripted.Upstream:

@@ -14,19 +14,13 @@ import time
 import pytest
 
 from tests.conftest import Puma
+from tests.fast._http import read_all
 
 pytestmark = pytest.mark.engines("fast")
 
 
 def _head(path: str, length: int) -> bytes:
     return f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n".encode()
-
-
-def _read_all(sock: socket.socket) -> bytes:
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
 
 
 def test_a_body_slower_than_body_rate_is_cut_with_408(start_proxylog, puma: Puma) -> None:
@@ -52,7 +46,7 @@ def test_a_body_slower_than_body_rate_is_cut_with_408(start_proxylog, puma: Puma
             if answer:
                 break
         sock.settimeout(3)
-        answer += _read_all(sock)
+        answer += read_all(sock)
     assert answer.startswith(b"HTTP/1.1 408 ")
     [record] = proxy.access(1)
     assert record["error"]["type"] == "client_timeout"
@@ -74,7 +68,7 @@ def test_a_client_over_connections_per_client_is_closed_at_once(start_proxylog, 
     assert refused == b""
     for i, sock in enumerate(kept):
         sock.sendall(f"GET /kept/{i} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
-        assert _read_all(sock).startswith(b"HTTP/1.1 200 ")
+        assert read_all(sock).startswith(b"HTTP/1.1 200 ")
         sock.close()
     assert "/third" not in puma.seen("/third")
 
