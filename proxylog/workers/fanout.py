@@ -3,7 +3,8 @@ and metrics say into what one proxylog would have said."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import operator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -43,12 +44,12 @@ def union_bans(answers: Iterable[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 # Samples that do not add up across processes: the earliest start, the largest limit, one
 # info line. Everything else (counters, histograms, queue depths, bytes, CPU) is a sum.
-def _combine(name: str) -> str:
+def _combine(name: str) -> Callable[[float, float], float]:
     if name.endswith("start_time_seconds"):
-        return "min"
+        return min
     if name.endswith(("_info", "max_fds")):
-        return "max"
-    return "sum"
+        return max
+    return operator.add
 
 
 class _Families:
@@ -68,19 +69,12 @@ def merged_exposition(texts: Sequence[str], extra: Sequence[Metric] = ()) -> byt
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:
         for family in text_string_to_metric_families(text):
-            merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
             samples = values.setdefault(family.name, {})
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
-                if key not in samples:
-                    samples[key] = sample.value
-                    continue
-                how = _combine(sample.name)
-                old = samples[key]
-                samples[key] = (
-                    old + sample.value if how == "sum" else (min if how == "min" else max)(old, sample.value)
-                )
-            merged.samples = []
+                old = samples.get(key)
+                samples[key] = sample.value if old is None else _combine(sample.name)(old, sample.value)
     for name, merged in families.items():
         for (sample_name, labels), value in values[name].items():
             merged.add_sample(sample_name, dict(labels), value)

@@ -502,16 +502,12 @@ async def _forward(endpoint: SupervisorControl, request: Request, args: dict[str
     return result
 
 
-async def _read_first(endpoint: SupervisorControl, request: Request, args: dict[str, Any]) -> dict[str, Any]:
-    """A read every worker answers alike (GET /mode): the first ready worker's answer."""
-    supervisor = _sup(endpoint)
-    ready = supervisor.ready()
-    if not ready:
-        raise CommandError("no worker is running")
-    answers = await supervisor.call(ready, request.method, request.path, args)
+async def _mode(endpoint: SupervisorControl, request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    """GET /mode: the mode, and each worker's when they differ (a change still on its way)."""
+    answers = await _sup(endpoint).call(_sup(endpoint).ready(), "GET", "/mode")
     ok = _answers_or_fail(answers)
-    result = {k: v for k, v in ok[0].items() if k != "ok"}
-    if request.path == "/mode" and len({p["mode"] for p in ok}) > 1:
+    result: dict[str, Any] = {"mode": ok[0]["mode"]}
+    if len({p["mode"] for p in ok}) > 1:
         result["workers"] = {str(w.index): p.get("mode") for w, p in answers}
     return result
 
@@ -589,7 +585,7 @@ async def _metrics(endpoint: SupervisorControl, request: Request, args: dict[str
 
 SUPERVISOR_COMMANDS: dict[tuple[str, str], Command] = {
     ("GET", "/status"): _status,
-    ("GET", "/mode"): _read_first,
+    ("GET", "/mode"): _mode,
     ("POST", "/mode"): _forward,
     ("GET", "/bans"): _bans,
     ("POST", "/ban"): _forward,

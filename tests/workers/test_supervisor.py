@@ -127,6 +127,7 @@ def test_ctl_acts_on_every_worker_and_metrics_sum_them(start_workers) -> None:
     assert ctl(proxy, "unban", "127.0.0.1").returncode == 0
     assert ctl(proxy, "mode", "monitor").returncode == 0
     assert {w["mode"] for w in ctl_json(proxy, "status")["workers"]} == {"monitor"}
+    assert ctl_json(proxy, "mode") == {"ok": True, "mode": "monitor"}
     audits = [r for r in worker_records(proxy) if r["event"]["action"] == "audit.ban"]
     assert len(audits) == 2 and all("via the supervisor" in a["proxylog"]["audit"]["who"] for a in audits)
 
