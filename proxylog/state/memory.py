@@ -1,8 +1,10 @@
-"""The in-process Store: sliding windows in bounded cachetools caches, bans in their own table.
+"""The in-process Store: sliding windows per key in two bounded tiers, bans in their own table.
 
-Counters are LRU caches of at most `max_keys` keys, so a flood of distinct clients costs a
-bounded amount of memory (it only makes the oldest counters forget). Bans live apart in a
-table that never evicts, so memory pressure can never unban anyone.
+A counter holds at most `max_keys` keys seen once, as one number each (about 100 bytes a
+key), and at most `max_keys` keys seen more than once, as a window object. A spray of
+one-off addresses therefore only churns the first tier: the keys that are working towards a
+threshold, a scanner's, are not flushed by it. Bans live apart in a table that never evicts,
+so memory pressure can never unban anyone.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import bisect
 import heapq
 import ipaddress
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from cachetools import LRUCache
@@ -28,6 +30,19 @@ class _Window(Protocol):
     def peek(self, now: float, window: float) -> int: ...
 
 
+class _WindowType(Protocol):
+    def __call__(self, cap: int) -> _Window: ...
+
+    def seeded(self, cap: int, first: float | complex) -> _Window:
+        """The window holding one event, as `MemoryCounter` keeps it for a key seen once."""
+        ...
+
+
+def _member_id(member: str | None) -> int:
+    """A distinct member's id: its hash cut to 53 bits, so that a float holds it exactly."""
+    return hash(member or "") >> 11
+
+
 class ExactWindow:
     """The last `cap` event times, oldest first: an exact sliding count up to `cap`. A list,
     not a deque: most keys hold one or two times, and a deque always allocates 64 slots."""
@@ -37,6 +52,12 @@ class ExactWindow:
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.times: list[float] = []
+
+    @classmethod
+    def seeded(cls, cap: int, first: float | complex) -> ExactWindow:
+        window = cls(cap)
+        window.times.append(first.real)
+        return window
 
     def add(self, now: float, window: float, member: str | None) -> int:
         times = self.times
@@ -54,17 +75,25 @@ class ExactWindow:
 
 
 class ExactDistinct:
-    """The last `cap` distinct members with when each was last seen: an exact distinct count."""
+    """The last `cap` distinct members with when each was last seen: an exact distinct count.
+    Members are kept as their hashes (the strings are not held; two members colliding on a
+    64-bit hash within one key's window would count once)."""
 
     __slots__ = ("cap", "seen")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self.seen: dict[str, float] = {}
+        self.seen: dict[int, float] = {}
+
+    @classmethod
+    def seeded(cls, cap: int, first: float | complex) -> ExactDistinct:
+        window = cls(cap)
+        window.seen[int(first.imag)] = first.real
+        return window
 
     def add(self, now: float, window: float, member: str | None) -> int:
         seen = self.seen
-        key = member or ""
+        key = _member_id(member)
         seen.pop(key, None)
         seen[key] = now  # insertion order = last-seen order
         if len(seen) > self.cap:
@@ -92,6 +121,12 @@ class ApproxWindow:
         self.current = 0
         self.previous = 0
 
+    @classmethod
+    def seeded(cls, cap: int, first: float | complex) -> ApproxWindow:
+        window = cls(cap)
+        window.start, window.current = first.real, 1
+        return window
+
     def _roll(self, now: float, window: float) -> None:
         elapsed = now - self.start
         if elapsed < window:
@@ -112,16 +147,23 @@ class ApproxWindow:
 
 
 class ApproxDistinct:
-    """Two buckets of distinct members (each capped at `cap`), weighted like ApproxWindow."""
+    """Two buckets of distinct members' hashes (each capped at `cap`), weighted like ApproxWindow."""
 
     __slots__ = ("cap", "current", "overlap", "previous", "start")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.start = -math.inf
-        self.current: set[str] = set()
-        self.previous: set[str] = set()
+        self.current: set[int] = set()
+        self.previous: set[int] = set()
         self.overlap = 0  # members of `current` also in `previous`
+
+    @classmethod
+    def seeded(cls, cap: int, first: float | complex) -> ApproxDistinct:
+        window = cls(cap)
+        window.start = first.real
+        window.current.add(int(first.imag))
+        return window
 
     def _roll(self, now: float, window: float) -> None:
         elapsed = now - self.start
@@ -134,7 +176,7 @@ class ApproxDistinct:
 
     def add(self, now: float, window: float, member: str | None) -> int:
         self._roll(now, window)
-        key = member or ""
+        key = _member_id(member)
         if key not in self.current and len(self.current) < self.cap:
             self.current.add(key)
             if key in self.previous:
@@ -147,7 +189,7 @@ class ApproxDistinct:
         return len(self.current) + int((len(self.previous) - self.overlap) * weight)
 
 
-_WINDOWS: dict[tuple[str, bool], Callable[[int], _Window]] = {
+_WINDOWS: dict[tuple[str, bool], _WindowType] = {
     ("exact", False): ExactWindow,
     ("exact", True): ExactDistinct,
     ("approx", False): ApproxWindow,
@@ -156,28 +198,67 @@ _WINDOWS: dict[tuple[str, bool], Callable[[int], _Window]] = {
 
 
 class MemoryCounter:
-    """Per-key windows in an LRU cache of at most `spec.max_keys` keys."""
+    """Per-key windows for one rule, in two tiers of at most `spec.max_keys` keys each.
 
-    __slots__ = ("_keys", "_make", "spec")
+    `_once` holds the keys seen once as one number: the event's time (a float), or for a
+    distinct counter a complex packing the time and the member's id. A ring of those keys in
+    arrival order forgets the oldest once it is full. A key's second event turns it into a
+    window object in `_windows`, an LRU cache (unless, for an exact window, the first event has
+    left the window or had the same member: then it is one number again). A one-off client
+    never reaches `_windows`, so a spray of addresses cannot evict a key with history.
+    """
+
+    __slots__ = ("_distinct", "_exact", "_hand", "_make", "_once", "_ring", "_windows", "spec")
 
     def __init__(self, spec: CounterSpec) -> None:
         self.spec = spec
         self._make = _WINDOWS[(spec.precision, spec.distinct)]
-        self._keys: LRUCache[str, _Window] = LRUCache(maxsize=spec.max_keys)
+        self._distinct = spec.distinct
+        self._exact = spec.precision == "exact"
+        self._once: dict[str, float | complex] = {}
+        self._ring: list[str] = []
+        self._hand = 0
+        self._windows: LRUCache[str, _Window] = LRUCache(maxsize=spec.max_keys)
 
     def add(self, key: str, now: float, member: str | None = None) -> int:
-        try:
-            window = self._keys[key]  # (LRUCache.get would look the key up twice)
-        except KeyError:
-            window = self._keys[key] = self._make(self.spec.cap)
-        return window.add(now, self.spec.window, member)
+        window = self._windows.get(key)
+        if window is not None:
+            return window.add(now, self.spec.window, member)
+        first = self._once.get(key)
+        if first is None:
+            self._remember(key, complex(now, _member_id(member)) if self._distinct else now)
+            return 1
+        window = self._make.seeded(self.spec.cap, first)
+        count = window.add(now, self.spec.window, member)
+        if count == 1 and self._exact:  # the first event left the window, or the same member again
+            self._once[key] = complex(now, _member_id(member)) if self._distinct else now
+        else:  # (an approx window remembers its previous bucket: it is kept whole)
+            del self._once[key]
+            self._windows[key] = window
+        return count
 
     def peek(self, key: str, now: float) -> int:
-        window = self._keys.get(key)
-        return 0 if window is None else window.peek(now, self.spec.window)
+        window = self._windows.get(key)
+        if window is None:
+            first = self._once.get(key)
+            if first is None:
+                return 0
+            window = self._make.seeded(self.spec.cap, first)
+        return window.peek(now, self.spec.window)
+
+    def _remember(self, key: str, first: float | complex) -> None:
+        ring = self._ring
+        if len(ring) < self.spec.max_keys:
+            ring.append(key)
+        else:  # forget the oldest key seen once (a slot left by a promoted key frees nothing)
+            hand = self._hand
+            self._once.pop(ring[hand], None)
+            ring[hand] = key
+            self._hand = (hand + 1) % len(ring)
+        self._once[key] = first
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._once) + len(self._windows)
 
 
 class MemoryBanTable:
