@@ -250,7 +250,8 @@ class MemoryCounter:
         ring = self._ring
         if len(ring) < self.spec.max_keys:
             ring.append(key)
-        else:  # forget the oldest key seen once (a slot left by a promoted key frees nothing)
+        else:  # forget the oldest key seen once (the slot of a key since promoted frees nothing,
+            # or forgets the key early if it has come back to this tier)
             hand = self._hand
             self._once.pop(ring[hand], None)
             ring[hand] = key
