@@ -16,7 +16,7 @@ from typing import Any
 
 from proxylog.mitm.connections import client_transport
 
-HEAD_READ = 16 * 1024
+HEAD_READ = 8 * 1024
 _STREAM_LIMIT = 2**16  # asyncio's default: a stream stops reading past twice this
 
 
