@@ -132,9 +132,14 @@ class GuardedHttp1Server(Http1Server):
         self.bound_reads()
 
     def bound_reads(self) -> None:
-        """Read the client's socket as a head is read (reads.py) unless a request body is
-        being read; after a refusal, not at all."""
-        reads = Reads.STOPPED if self.refused else Reads.BODY if self.state == self.read_body else Reads.HEAD
+        """Read the client's socket as a head is read (reads.py) while a head is read or the
+        answer awaited, with asyncio's defaults otherwise (a body, a tunnel); after a
+        refused head, not at all (a request cut by `_cut` is read and discarded until the
+        client closes: nothing else would close it)."""
+        if self.lingering is not None:
+            reads = Reads.STOPPED
+        else:
+            reads = Reads.HEAD if self.state in (self.read_headers, self.wait) else Reads.BODY
         if reads is not self.reads and set_reads(self.conn, reads):
             self.reads = reads
 

@@ -27,9 +27,10 @@ class Reads(Enum):
 
 
 def set_reads(client: Any, reads: Reads) -> bool:
-    """Read a client connection as `reads` says; False if it is gone."""
+    """Read a client connection as `reads` says; False if it is gone (or its transport is
+    not asyncio's own, which has no read size to set)."""
     transport = client_transport(client)
-    if transport is None:
+    if transport is None or not hasattr(transport, "max_size"):
         return False
     stream = getattr(transport.get_protocol(), "_stream_reader", None)
     if reads is Reads.STOPPED:
