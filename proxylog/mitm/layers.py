@@ -72,10 +72,9 @@ class GuardedHttp1Server(Http1Server):
     and no more than `max_head` + 1 bytes of a head are ever buffered (what follows a head
     that ended is kept for its body): a head past the bound is refused at once. While a
     head is read the socket is read in small pieces (`bound_reads`, reads.py), so a
-    connection holds at most its head and two such reads; mitmproxy's own buffer grows
-    without bound.
-    While a request is being answered, a client that sends more than `max_head` ahead of
-    its answer is cut off. A complete head goes through the shared `check_head` on its raw
+    connection holds at most its head and two such reads (mitmproxy's own buffer would take
+    every read whole). While a request is being answered, a client that sends more than
+    `max_head` ahead of its answer is cut off. A complete head goes through the shared `check_head` on its raw
     bytes; one that is too large or refused never becomes a flow: `refuse` records it and
     returns the reply, sent before the connection is half-closed; then nothing more is read
     and the connection is closed after `LINGER` seconds. Chunked bodies are read by
