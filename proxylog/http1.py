@@ -30,6 +30,7 @@ _CLEAN_HEAD = re2.compile(
 )
 _VERSION_SHAPE = re2.compile(rb"HTTP/[0-9]\.[0-9]", _BYTES)
 _BARE_CR = re2.compile(rb"\r[^\n]", _BYTES)  # a CR that is not the start of a CRLF
+_EMPTY_LINES = re2.compile(rb"(?:\r?\n)*", _BYTES)
 _LINE_BYTES = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _TARGET_BYTES = bytes(b for b in range(0x21, 0x7F) if b not in b'"<>')
 # reg-name, IP-literal and port characters (RFC 3986 §3.2.2), what Puma may see as the host.
@@ -183,15 +184,10 @@ def _header_number(low: bytes, at: int) -> str:
 
 def empty_lines_at(data: bytes | bytearray) -> int:
     """How many bytes of empty lines (CRLF or a bare LF) start `data`: RFC 9112 §2.2 lets a
-    server skip them before a request line."""
-    skip = 0
-    while True:
-        if data.startswith(b"\r\n", skip):
-            skip += 2
-        elif data.startswith(b"\n", skip):
-            skip += 1
-        else:
-            return skip
+    server skip them before a request line. One re2 match (a loop over the lines in Python
+    made a head of empty lines cost a hundred times more than any other head)."""
+    found = _EMPTY_LINES.match(data)
+    return 0 if found is None else found.end()
 
 
 def find_head_end(data: bytes | bytearray, start: int = 0) -> int:

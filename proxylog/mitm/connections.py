@@ -68,3 +68,13 @@ def close_client(client: Any, reason: str) -> bool:
         return False
     io.handler.cancel(reason)
     return True
+
+
+def client_transport(client: Any) -> Any | None:
+    """The asyncio transport of a client connection, None if it is gone."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(client.id) if proxyserver is not None else None
+    io = handler.transports.get(client) if handler is not None else None
+    if io is None or io.writer is None:
+        return None
+    return getattr(io.writer, "transport", None)

@@ -27,6 +27,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 
 from proxylog.http1 import MAX_CHUNK_LINE, ChunkError, check_head, chunk_size, empty_lines_at, find_head_end
 from proxylog.mitm.flows import HEAD_SIZES
+from proxylog.mitm.reads import Reads, set_reads
 from proxylog.mitm.replies import REFUSED, error_reply
 
 logger = logging.getLogger("proxylog")
@@ -36,6 +37,10 @@ HANDSHAKE_FAILURE_ALERT = b"\x15\x03\x01\x00\x02\x02\x28"
 
 # (client, the refused head's raw bytes, status, message) -> the reply to send.
 RefuseHead = Callable[[Any, bytes, int, str], bytes]
+
+# How long a refused client has to read its reply before the connection is closed under it
+# (as on the fast plane); nothing more is read from it meanwhile.
+LINGER = 2.0
 
 
 class RefuseTLS(layer.Layer):
@@ -64,13 +69,16 @@ class GuardedHttp1Server(Http1Server):
 
     A request head, counting any empty lines before it, must end within `max_head` bytes.
     The check runs on every read and scans only the bytes that arrived since the last one,
-    so the buffer never holds more than `max_head` plus one read (64 KiB) and the work is
-    linear in what the client sends; mitmproxy's own buffer grows without bound. The same
-    bound holds while a request is being answered: a client that sends more than `max_head`
-    ahead of its answer is cut off. A complete head goes through the shared `check_head` on
-    its raw bytes; one that is too large or refused never becomes a flow: `refuse` records
-    it and returns the reply, sent before the connection is half-closed. Chunked bodies are
-    read by StrictChunkedReader; bad framing fails the flow after proxylog's 400.
+    and no more than `max_head` + 1 bytes of a head are ever buffered (what follows a head
+    that ended is kept for its body): a head past the bound is refused at once. While a
+    head is read the socket is read in small pieces (`bound_reads`, reads.py), so a
+    connection holds at most its head and two such reads (mitmproxy's own buffer would take
+    every read whole). While a request is being answered, a client that sends more than
+    `max_head` ahead of its answer is cut off. A complete head goes through the shared `check_head` on its raw
+    bytes; one that is too large or refused never becomes a flow: `refuse` records it and
+    returns the reply, sent before the connection is half-closed; then nothing more is read
+    and the connection is closed after `LINGER` seconds. Chunked bodies are read by
+    StrictChunkedReader; bad framing fails the flow after proxylog's 400.
 
     mitmproxy's error pages (HTML naming mitmproxy, echoing the client's input) are replaced
     by proxylog's short replies carrying the request's X-Request-Id.
@@ -85,13 +93,29 @@ class GuardedHttp1Server(Http1Server):
         # ignore them; mitmproxy drops one per read, which let them dodge the limit).
         self.skipped = 0
         self.scanned = 0  # how far the buffer was searched for the head's end
+        self.rest = b""  # what came after the first max_head + 1 bytes of a head in a read
+        self.lingering: commands.RequestWakeup | None = None
+        self.reads: Reads | None = None  # how the client's socket is read now (None: not set here yet)
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if isinstance(event, events.Wakeup) and event.command is self.lingering:
+            yield commands.CloseConnection(self.conn)
+            return
         if self.refused and isinstance(event, events.ConnectionEvent):
-            # After a refusal the rest of the client's bytes are read and discarded, never
-            # buffered, until it closes (or timeouts.header closes it).
+            # After a refusal, bytes the client sent before reading stopped are discarded,
+            # never buffered, until the linger ends or the client closes.
             if isinstance(event, events.ConnectionClosed):
                 yield commands.CloseConnection(self.conn)
+            return
+        if isinstance(event, events.DataReceived) and self.state == self.read_headers:
+            # mitmproxy would buffer the whole read: only what the bound needs is kept here,
+            # the rest waits in `rest` until the head is known to have ended within it.
+            room = max(0, self.max_head + 1 - self.skipped - len(self.buf))
+            self.buf += event.data[:room]
+            self.rest = event.data[room:]
+            yield from self.read_headers(event)
+            self.rest = b""
+            self.bound_reads()
             return
         if (
             isinstance(event, events.DataReceived)
@@ -104,6 +128,19 @@ class GuardedHttp1Server(Http1Server):
             yield from self._cut(f"the client sent over {self.max_head} bytes ahead of its answer")
             return
         yield from super()._handle_event(event)
+        self.bound_reads()
+
+    def bound_reads(self) -> None:
+        """Read the client's socket as a head is read (reads.py) while a head is read or the
+        answer awaited, with asyncio's defaults otherwise (a body, a tunnel); after a
+        refused head, not at all (a request cut by `_cut` is read and discarded until the
+        client closes: nothing else would close it)."""
+        if self.lingering is not None:
+            reads = Reads.STOPPED
+        else:
+            reads = Reads.HEAD if self.state in (self.read_headers, self.wait) else Reads.BODY
+        if reads is not self.reads and set_reads(self.conn, reads):
+            self.reads = reads
 
     def read_headers(self, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         """mitmproxy's Http1Server.read_headers with the head limit and proxylog's refusals: the
@@ -130,6 +167,8 @@ class GuardedHttp1Server(Http1Server):
             return
         raw = self._take(end)
         self.skipped = 0
+        self.buf += self.rest  # the head ended within the bound: the rest is its body or more
+        self.rest = b""
         reason = check_head(raw)
         if reason is not None:
             yield from self._refuse(raw, 400, reason)
@@ -176,8 +215,11 @@ class GuardedHttp1Server(Http1Server):
         answer = self.refuse(self.context.client, raw, status, why)
         yield commands.SendData(self.conn, answer)
         # Half-close: closing outright while the client is still sending loses the reply to a
-        # reset (and mitmproxy can leave such a socket open when it closes mid-read).
+        # reset (and mitmproxy can leave such a socket open when it closes mid-read). Nothing
+        # more is read (bound_reads) and the connection is closed after the linger.
         yield commands.CloseTcpConnection(self.conn, half_close=True)
+        self.lingering = commands.RequestWakeup(LINGER)
+        yield self.lingering
 
     def send(self, event: Any) -> layer.CommandGenerator[None]:
         if not isinstance(event, ResponseProtocolError):

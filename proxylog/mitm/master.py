@@ -20,6 +20,7 @@ from mitmproxy.proxy import mode_specs
 from proxylog.config import Config, ConfigError
 from proxylog.diagnostics import announce_listening
 from proxylog.mitm.addon import ProxyLog
+from proxylog.mitm.reads import HeadReads
 
 logger = logging.getLogger("proxylog")
 
@@ -140,7 +141,7 @@ class LeanMaster(master.Master):
             next_layer.NextLayer(),
             *extra,
             errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
-            *([self.proxylog] if with_proxylog else []),
+            *([HeadReads(), self.proxylog] if with_proxylog else []),
         )
         opts = master_options(config, specs)
         if tls:

@@ -102,6 +102,40 @@ def test_empty_lines_before_a_head_count_toward_the_limit(start_proxylog, puma: 
     assert request(proxy.url, "/after").status == 200
 
 
+def test_a_refused_head_is_not_read_further_and_its_connection_is_closed(start_proxylog, puma: Puma) -> None:
+    """1 MiB of empty lines before a request line, then 32 MiB more from a client that never
+    closes, with no header deadline: the 431 and its record come once limits.header_bytes is
+    passed, then nothing more is read and the proxy closes the connection itself (the client
+    cannot send everything)."""
+    proxy = start_proxylog({"limits": {"header_bytes": "64k"}, "timeouts": {"header": 0}})
+    request(proxy.url, "/warmup")
+    head = b"\r\n" * (512 * 1024) + b"GET /after-empty-lines HTTP/1.1\r\nHost: app\r\n\r\n"
+    data = head + b"A" * (32 << 20)
+    sent_all = threading.Event()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
+
+        def send() -> None:
+            with contextlib.suppress(OSError):  # the proxy closed the connection mid-send
+                sock.sendall(data)
+                sent_all.set()
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+        sender.join(30)
+    assert not sender.is_alive(), "the proxy never closed the connection"
+    assert not sent_all.is_set(), "the proxy read the client's 33 MiB after refusing its head"
+    assert received.startswith(b"HTTP/1.1 431 ") and _responses(received) == 1
+    [refused] = [r for r in proxy.access(count=2) if r["url"]["path"] != "/warmup"]
+    assert refused["error"]["type"] == "request_invalid"
+    assert refused["error"]["message"] == "request head over 65536 bytes"
+    assert refused["http"]["response"]["status_code"] == 431
+    assert puma.seen("/after-empty-lines") == []
+
+
 def test_a_few_empty_lines_before_a_request_are_ignored(start_proxylog, puma: Puma) -> None:
     """Empty lines before a request line within limits.header_bytes are skipped (RFC 9112
     §2.2) and the request reaches Puma."""
