@@ -67,10 +67,12 @@ class ReloadResult:
 
 @dataclass
 class _Options:
-    """Hooks the proxy layer registers: extra validation, and applying proxy options."""
+    """Hooks the proxy layer registers: extra validation, applying proxy options, and being
+    told a ban was imposed (the plane then closes the banned clients' open connections)."""
 
     validate: list[Callable[[Config], object]] = field(default_factory=list)
     apply: list[Callable[[Config], None]] = field(default_factory=list)
+    banned: list[Callable[[], None]] = field(default_factory=list)
 
 
 class Runtime:
@@ -439,6 +441,10 @@ class Runtime:
                 stranded.append((old.name, old.backlog, path))
         return stranded
 
+    def ban_enforced(self, ip: str) -> bool:
+        """Whether a request from `ip` would now be refused by an enforced ban."""
+        return self.engine.ban_enforced(ip, self.mode)
+
     def reopen(self) -> None:
         """Ask every sink to reopen its files (SIGHUP, after an external logrotate)."""
         for worker in self.workers:
@@ -447,6 +453,9 @@ class Runtime:
     def _on_rule_event(self, event: RuleEvent) -> None:
         if event.kind != "rule_fired":
             self._emit_ban(event)
+        if event.kind == "ban":
+            for banned in self.hooks.banned:
+                banned()
         # Alert on what needs a human: a rule first firing for a key, and bans; a ban's end
         # resolves its alert on channels that send resolves.
         alerts = self.alerts

@@ -68,6 +68,9 @@ class PipelineHandler:
     def is_trusted(self, ip: str) -> bool:
         return self.pipeline.runtime.trusted.is_trusted(ip)
 
+    def ban_enforced(self, ip: str) -> bool:
+        return self.pipeline.runtime.ban_enforced(ip)
+
     @staticmethod
     def _answer(ex: Exchange, block: Block) -> bytes:
         answer = make_reply(

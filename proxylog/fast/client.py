@@ -4,7 +4,9 @@ handing each valid one to a Relay, keep-alive, timeouts and the end of the conne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import struct
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -25,6 +27,16 @@ _TLS_HANDSHAKE_FAILURE = b"\x15\x03\x01\x00\x02\x02\x28"
 
 
 _EMPTY_LINE_START = (0x0D, 0x0A)
+_LINGER_OFF = struct.pack("ii", 1, 0)
+
+
+def reset_on_close(transport: asyncio.BaseTransport | None) -> None:
+    """Make the coming close a reset: a client that reads nothing would otherwise keep the
+    kernel sending it the socket's buffered bytes (megabytes, at its tiny window) long after."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
 
 
 class ClientConn(asyncio.Protocol):
@@ -245,6 +257,15 @@ class ClientConn(asyncio.Protocol):
         elif self.relay is not None:
             self.relay.close_after = True
 
+    def end_soon(self) -> None:
+        """Close between requests: now when idle, else after the response in progress (a
+        request still arriving gets the answer it is due, a ban's 403 and close)."""
+        if self.state == HEAD and not self.pending:
+            self.reported = True
+            self.close()
+        elif self.relay is not None:
+            self.relay.close_after = True
+
     # -- deadlines (the server's sweep) ------------------------------------------------------
 
     def header_expired(self) -> None:
@@ -259,6 +280,7 @@ class ClientConn(asyncio.Protocol):
             self.close()
 
     def write_expired(self) -> None:
+        reset_on_close(self.transport)
         if self.relay is not None:
             self.relay.write_expired()
         else:

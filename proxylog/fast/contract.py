@@ -72,3 +72,7 @@ class Handler(Protocol):
     def is_trusted(self, ip: str) -> bool:
         """Whether `ip` is a trusted proxy (exempt from the per-client connection cap)."""
         ...
+
+    def ban_enforced(self, ip: str) -> bool:
+        """Whether an enforced ban now refuses requests from `ip`."""
+        ...

@@ -59,6 +59,7 @@ class FastPlane:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         runtime.hooks.apply.append(self.apply_options)
+        runtime.hooks.banned.append(self.server.banned)
 
     @property
     def inflight(self) -> int:

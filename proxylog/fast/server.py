@@ -53,6 +53,7 @@ class FastServer:
         self._idle.set()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._ban_sweep = False
 
     async def start(self) -> None:
         """Bind and listen (SO_REUSEPORT with `options.reuse_port`, for worker processes);
@@ -121,6 +122,25 @@ class FastServer:
                 self._per_client[ip] = count
             else:
                 self._per_client.pop(ip, None)
+
+    def banned(self) -> None:
+        """A ban was imposed: on the next turn of the loop (once however many came), end the
+        connections of every client an enforced ban now covers, idle ones at once and busy
+        ones after their response. A trusted proxy's stay: they carry other clients too."""
+        if self._connections and not self._ban_sweep:
+            self._ban_sweep = True
+            asyncio.get_running_loop().call_soon(self._close_banned)
+
+    def _close_banned(self) -> None:
+        self._ban_sweep = False
+        handler, verdicts = self.handler, dict[str, bool]()
+        for conn in list(self._connections):
+            ip = conn.peer[0]
+            closes = verdicts.get(ip)
+            if closes is None:
+                closes = verdicts[ip] = not handler.is_trusted(ip) and handler.ban_enforced(ip)
+            if closes:
+                conn.end_soon()
 
     def exchange_begun(self, relay: Relay) -> None:
         self._inflight.add(relay)

@@ -31,6 +31,7 @@ from proxylog.mitm.flows import (
 )
 from proxylog.mitm.layers import guard_http1, refuse_tls_on_plain_listener
 from proxylog.mitm.replies import invalid_response_head, reject, reply, reply_to_error
+from proxylog.mitm.slow import ClientGuard
 from proxylog.pipeline import Block, Exchange, Pipeline, RequestHead
 from proxylog.runtime import Runtime
 
@@ -83,6 +84,8 @@ class ProxyLog:
         # request headers timeouts.header after it connects or is answered. Retuned on reload.
         self._upstream_due: Deadlines[http.HTTPFlow] = Deadlines(TimeoutSpec().upstream)
         self._headers_due: Deadlines[Any] = Deadlines(TimeoutSpec().header)
+        # Per-client connection counts, unread responses (timeouts.write), banned clients.
+        self._guard = ClientGuard(TimeoutSpec().write)
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # owned: awaited in done()
         self._drained = asyncio.Event()
@@ -101,12 +104,14 @@ class ProxyLog:
         if runtime is not None:
             self.pipeline = Pipeline(runtime)
             runtime.hooks.apply.append(self._retune)
+            runtime.hooks.banned.append(self._banned)
             self._retune(runtime.config)
 
     def _retune(self, config: Config) -> None:
         """A (re)loaded config's timeouts, for deadlines armed from now on."""
         self._upstream_due.retune(config.timeouts.upstream)
         self._headers_due.retune(config.timeouts.header)
+        self._guard.write_due.retune(config.timeouts.write)
 
     @property
     def inflight(self) -> int:
@@ -204,7 +209,9 @@ class ProxyLog:
             peer = nextlayer.context.client.peername
             logger.warning("refused TLS from %s on a plain-HTTP listener", peer[0])
         elif self.runtime is not None:
-            guard_http1(nextlayer, self.runtime.config.limits.header_bytes, self.refuse_head)
+            config = self.runtime.config
+            pace = (config.timeouts.body_rate, config.timeouts.body_window)
+            guard_http1(nextlayer, config.limits.header_bytes, self.refuse_head, pace)
 
     def refuse_head(self, client: Any, raw: bytes, status: int, why: str) -> bytes:
         """Record a request head refused before it became a flow (too large, or refused by
@@ -213,6 +220,7 @@ class ProxyLog:
         runtime = self.runtime
         if runtime is None:
             return make_reply(status, "", head_only=False)
+        self._guard.uncount(client)  # it only lingers to read its reply now
         try:
             parsed = lenient_head(raw) if b"\n" in raw else None
             method, target, version, fields = parsed or (b"", b"", b"HTTP/1.1", [])
@@ -237,6 +245,7 @@ class ProxyLog:
         self._headers_due.disarm(flow.client_conn)
         state = start_flow(flow, self.pipeline)
         self._inflight[flow.id] = flow
+        self._guard.begun(flow)
         self._drained.clear()
         if flow.error or flow.response:
             return
@@ -302,11 +311,25 @@ class ProxyLog:
 
     @guarded
     def client_connected(self, client: Any) -> None:
+        runtime = self.runtime
+        if runtime is not None:
+            cap = runtime.config.limits.connections_per_client
+            if not self._guard.connected(client, cap, runtime.trusted.is_trusted):
+                client.error = "over the per-client connection limit"  # mitmproxy closes it now
+                return
         self._headers_due.arm(client)
 
     @guarded
     def client_disconnected(self, client: Any) -> None:
         self._headers_due.disarm(client)
+        self._guard.disconnected(client)
+
+    def _banned(self) -> None:
+        """A ban was imposed: close the connections of every client an enforced ban covers."""
+        runtime = self.runtime
+        if runtime is not None:
+            trusted = runtime.trusted
+            self._guard.banned(lambda ip: not trusted.is_trusted(ip) and runtime.ban_enforced(ip))
 
     async def _sweep_deadlines(self) -> None:
         while True:
@@ -315,6 +338,8 @@ class ProxyLog:
                 self._upstream_timeout(flow)
             for client in self._headers_due.expired():
                 self._header_timeout(client)
+            for client in self._guard.write_due.expired():
+                self._write_timeout(client)
 
     @guarded
     def _upstream_timeout(self, flow: http.HTTPFlow) -> None:
@@ -332,6 +357,11 @@ class ProxyLog:
             logger.info("closed %s: no complete request headers in time", client.peername[0])
 
     @guarded
+    def _write_timeout(self, client: Any) -> None:
+        self._guard.write_expired(client)
+        logger.info("closed %s: its response was left unread", client.peername[0])
+
+    @guarded
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
         if state is None or self.runtime is None:
@@ -342,6 +372,8 @@ class ProxyLog:
         if why is not None:
             reject(flow, state, 502, "upstream_invalid", why)
             return
+        if self._guard.closing(flow.client_conn) and flow.response is not None:
+            flow.response.headers["connection"] = "close"  # banned meanwhile: its last response
         if start_response(flow, state, self.pipeline):
             # Streamed as it arrives and counted; mitmproxy would otherwise buffer it whole.
             state.response_counter = flow.response.stream = ByteCounter()  # type: ignore[union-attr]
@@ -401,6 +433,9 @@ class ProxyLog:
         )
         if keep_alive and flow.client_conn.connected and not self._draining:
             self._headers_due.arm(flow.client_conn)  # the next request
+        if state.replied and flow.request.http_version.startswith("HTTP/1"):
+            self._guard.uncount(flow.client_conn)  # proxylog's final reply: it only lingers now
+        self._guard.ended(flow)
         try:
             self._record(flow, state)
         finally:

@@ -8,7 +8,10 @@ use the proxyserver addon's live connection table, the same one its `inject.*` c
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import struct
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -78,3 +81,16 @@ def client_transport(client: Any) -> Any | None:
     if io is None or io.writer is None:
         return None
     return getattr(io.writer, "transport", None)
+
+
+def abort_client(client: Any, reason: str) -> bool:
+    """Drop a client connection now, discarding what it was not yet sent (a close would wait
+    for a client that reads nothing); False if it is gone."""
+    transport = client_transport(client)
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a reset: else the kernel keeps sending what the client won't read
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return close_client(client, reason)

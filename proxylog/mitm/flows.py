@@ -20,6 +20,9 @@ META = "proxylog"
 # Each request head's size as received (OWS, empty values and all), set by GuardedHttp1Server
 # for the record's byte count; a request it did not read is sized from its fields.
 HEAD_SIZES: weakref.WeakKeyDictionary[http.Request, int] = weakref.WeakKeyDictionary()
+# The payload bytes of a request body cut off before its end (too slow), which mitmproxy
+# does not keep: set by GuardedHttp1Server for the record's byte count.
+BODY_ARRIVED: weakref.WeakKeyDictionary[http.Request, int] = weakref.WeakKeyDictionary()
 
 
 class ByteCounter:
@@ -111,12 +114,18 @@ def restore_client_view(flow: http.HTTPFlow, state: FlowState) -> None:
 
 
 _BODYLESS_STATUS = frozenset({204, 304})
+# A response body larger than this is streamed, whatever `limits.stream_threshold` says:
+# buffered whole, one a client leaves unread would sit in memory twice (the flow's copy and
+# the socket's write buffer) until `timeouts.write`; streamed, the client's flow control holds
+# back the read from Puma, so no more than about this much waits per connection.
+BUFFERED_RESPONSE_MAX = 64 * 1024
 
 
 def start_response(flow: http.HTTPFlow, state: FlowState, pipeline: Pipeline) -> bool:
     """Echo X-Request-Id on the response and capture its headers. Returns True when the body
     should be streamed: no Content-Length (chunked or read-until-close, e.g. SSE and
-    ActionController::Live), or mitmproxy already chose to stream a large body."""
+    ActionController::Live), one over BUFFERED_RESPONSE_MAX, or mitmproxy already chose to
+    stream a large body."""
     response = flow.response
     assert response is not None
     original = response.headers.fields
@@ -131,7 +140,10 @@ def start_response(flow: http.HTTPFlow, state: FlowState, pipeline: Pipeline) ->
         and response.status_code >= 200
         and response.status_code not in _BODYLESS_STATUS
     )
-    return has_body and not any(name.lower() == b"content-length" for name, _ in fields)
+    if not has_body:
+        return False
+    length = next((value for name, value in fields if name.lower() == b"content-length"), None)
+    return length is None or not length.isdigit() or int(length) > BUFFERED_RESPONSE_MAX
 
 
 def settle(flow: http.HTTPFlow, state: FlowState) -> None:
@@ -142,6 +154,8 @@ def settle(flow: http.HTTPFlow, state: FlowState) -> None:
         return
     if state.request_counter is not None:
         state.request_body_bytes = state.request_counter.bytes
+    elif request in BODY_ARRIVED:
+        state.request_body_bytes = BODY_ARRIVED[request]
     else:
         state.request_content = request.raw_content
         state.request_body_bytes = len(request.raw_content or b"")

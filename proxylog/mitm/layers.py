@@ -18,6 +18,7 @@ from mitmproxy.proxy.layers.http import HttpLayer
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import (
     ErrorCode,
+    RequestData,
     RequestHeaders,
     RequestProtocolError,
     ResponseProtocolError,
@@ -26,9 +27,10 @@ from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from proxylog.http1 import MAX_CHUNK_LINE, ChunkError, check_head, chunk_size, empty_lines_at, find_head_end
-from proxylog.mitm.flows import HEAD_SIZES
+from proxylog.mitm.flows import BODY_ARRIVED, HEAD_SIZES
 from proxylog.mitm.reads import Reads, set_reads
-from proxylog.mitm.replies import REFUSED, error_reply
+from proxylog.mitm.replies import REFUSED, TIMED_OUT, error_reply
+from proxylog.mitm.slow import BodyPace
 
 logger = logging.getLogger("proxylog")
 
@@ -82,7 +84,15 @@ class GuardedHttp1Server(Http1Server):
 
     mitmproxy's error pages (HTML naming mitmproxy, echoing the client's input) are replaced
     by proxylog's short replies carrying the request's X-Request-Id.
+
+    A request body must arrive at `body_rate` bytes/s or more, averaged over each
+    `body_window` (0: no bound), as on the fast plane: a window is a mitmproxy wakeup, and a
+    body below the rate is cut with proxylog's 408, recorded `client_timeout`.
     """
+
+    body_rate = 0
+    body_window = 0.0
+    pace: BodyPace | None = None
 
     def __init__(self, context: Any, max_head: int, refuse: RefuseHead) -> None:
         super().__init__(context)
@@ -98,8 +108,11 @@ class GuardedHttp1Server(Http1Server):
         self.reads: Reads | None = None  # how the client's socket is read now (None: not set here yet)
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
-        if isinstance(event, events.Wakeup) and event.command is self.lingering:
-            yield commands.CloseConnection(self.conn)
+        if isinstance(event, events.Wakeup):
+            if event.command is self.lingering:
+                yield commands.CloseConnection(self.conn)
+            else:
+                yield from self.body_window_ended(event)
             return
         if self.refused and isinstance(event, events.ConnectionEvent):
             # After a refusal, bytes the client sent before reading stopped are discarded,
@@ -188,21 +201,45 @@ class GuardedHttp1Server(Http1Server):
 
     def read_body(self, event: events.Event) -> layer.CommandGenerator[None]:
         """mitmproxy's read_body, with chunk framing errors answered 400 (mitmproxy closes
-        the connection without a reply)."""
+        the connection without a reply), and the body's pace kept."""
+        pace = self.pace
+        if pace is None or pace.request is not self.request:  # a new body: its first window
+            pace = self.pace = BodyPace(self.request)
+            if self.body_rate > 0 and self.body_window > 0:
+                yield pace.next_window(self.body_window)
+        before = len(self.buf)
         try:
-            yield from super().read_body(event)
+            for command in super().read_body(event):
+                if isinstance(command, ReceiveHttp) and isinstance(command.event, RequestData):
+                    pace.payload += len(command.event.data)
+                yield command
         except ChunkError as e:
             yield from self._cut(str(e))
+        pace.window_bytes += max(0, before - len(self.buf))
 
-    def _cut(self, why: str) -> layer.CommandGenerator[None]:
-        """Fail the request being read or answered: proxylog's 400, sent once, then a
-        half-close; the rest of the client's bytes are discarded. The flow's error carries
-        `why` (with REFUSED, for its record as request_invalid)."""
+    def body_window_ended(self, event: events.Wakeup) -> layer.CommandGenerator[None]:
+        """A body window ended: cut the request if its body came slower than `body_rate`."""
+        pace = self.pace
+        if pace is None or event.command is not pace.wakeup or self.state != self.read_body or self.refused:
+            return  # the body ended (or the request failed) within the window
+        if pace.window_bytes < self.body_rate * self.body_window:
+            if self.request is not None:
+                BODY_ARRIVED[self.request] = pace.payload
+            why = f"request body slower than {self.body_rate} bytes/s"
+            yield from self._cut(why, 408, TIMED_OUT)
+            return
+        yield pace.next_window(self.body_window)
+
+    def _cut(self, why: str, status: int = 400, prefix: str = REFUSED) -> layer.CommandGenerator[None]:
+        """Fail the request being read or answered: proxylog's reply (400, or 408 for a body
+        too slow), sent once, then a half-close; the rest of the client's bytes are discarded.
+        The flow's error carries `why` after `prefix` (REFUSED: recorded as request_invalid;
+        TIMED_OUT: client_timeout)."""
         self.refused = True
         self.buf.maybe_extract_at_most(len(self.buf))
-        yield commands.SendData(self.conn, error_reply(self.request, 400))
+        yield commands.SendData(self.conn, error_reply(self.request, status))
         yield commands.CloseTcpConnection(self.conn, half_close=True)
-        yield ReceiveHttp(RequestProtocolError(self.stream_id, REFUSED + why, ErrorCode.GENERIC_CLIENT_ERROR))
+        yield ReceiveHttp(RequestProtocolError(self.stream_id, prefix + why, ErrorCode.GENERIC_CLIENT_ERROR))
 
     def _take(self, count: int) -> bytes:
         """The first `count` buffered bytes, removed from the buffer."""
@@ -264,13 +301,18 @@ def _buffered(buf: ReceiveBuffer) -> bytearray:
     return buf._data
 
 
-def guard_http1(nextlayer: layer.NextLayer, max_head: int, refuse: RefuseHead) -> bool:
+def guard_http1(
+    nextlayer: layer.NextLayer, max_head: int, refuse: RefuseHead, body_rate: tuple[int, float] = (0, 0.0)
+) -> bool:
     """When mitmproxy chose its HTTP layer for an HTTP/1 client, preset the client side to
-    GuardedHttp1Server (HttpLayer keeps a preset one, as for client playback). True if it did."""
+    GuardedHttp1Server (HttpLayer keeps a preset one, as for client playback), with the
+    request body's minimum pace `body_rate` (bytes/s, window in s). True if it did."""
     http_layer = nextlayer.layer
     alpn = nextlayer.context.client.alpn
     if not isinstance(http_layer, HttpLayer) or (alpn is not None and not alpn.startswith(b"http/1")):
         return False
     client = http_layer.context.client
-    http_layer.connections.setdefault(client, GuardedHttp1Server(http_layer.context.fork(), max_head, refuse))
+    server = GuardedHttp1Server(http_layer.context.fork(), max_head, refuse)
+    server.body_rate, server.body_window = body_rate
+    http_layer.connections.setdefault(client, server)
     return True

@@ -22,6 +22,8 @@ from proxylog.record import ErrorType
 # How the errors of requests GuardedHttp1Server cut off itself begin (it has already sent the
 # 400 and half-closed the connection): the rest is the reason for the record.
 REFUSED = "proxylog refused: "
+# ... and of those it cut off because the client was too slow (a request body below its rate).
+TIMED_OUT = "proxylog timed out: "
 # Upstream failures proxylog answers itself.
 _REPLY_STATUS: dict[ErrorType, int] = {
     "upstream_connect": 502,
@@ -31,6 +33,7 @@ _REPLY_STATUS: dict[ErrorType, int] = {
 # What mitmproxy itself sends for the errors proxylog leaves to it.
 _MITMPROXY_STATUS: dict[ErrorType, int] = {
     "request_invalid": 400,
+    "client_timeout": 408,
     "upstream_invalid": 502,
     **_REPLY_STATUS,
 }
@@ -43,6 +46,8 @@ def classify_error(flow: http.HTTPFlow, state: FlowState) -> ErrorType:
         return "upstream_timeout"
     if "body_size_limit" in message:
         return "body_too_large"
+    if message.startswith(TIMED_OUT):
+        return "client_timeout"
     if (
         "from client, refusing" in message
         or message.startswith("Invalid request scheme")
@@ -137,7 +142,7 @@ def reply_to_error(flow: http.HTTPFlow, state: FlowState) -> None:
     when the client is HTTP/1 and has no response headers yet; otherwise note the status
     mitmproxy sends (or none: the client is gone, or headers were already streamed)."""
     state.error_type = error_type = classify_error(flow, state)
-    state.error_message = flow.error.msg.removeprefix(REFUSED) if flow.error else None
+    state.error_message = flow.error.msg.removeprefix(REFUSED).removeprefix(TIMED_OUT) if flow.error else None
     headers_sent = flow.response is not None and bool(flow.response.stream)
     if headers_sent or error_type == "client_disconnect":
         return

@@ -22,7 +22,7 @@ from cachetools import LRUCache
 from proxylog.config.rule_specs import PatternField, RuleSpec, RulesSpec
 from proxylog.errors import ConfigError
 from proxylog.net import CidrSet, unmap_network
-from proxylog.record import RuleHit, format_timestamp
+from proxylog.record import Mode, RuleHit, format_timestamp
 from proxylog.rules.bans import Bans
 from proxylog.rules.clients import Client, normalize_key
 from proxylog.rules.compiled import CompiledRule, RequestIndex, ResponseIndex, compile_matches
@@ -373,6 +373,20 @@ class RuleEngine:
         rule = self._rules[rule_id]
         keys = rule.keys(self._client(client_ip))
         return rule.counters[0].peek(keys[0], self.clock())
+
+    def ban_enforced(self, ip: str, live: Mode) -> bool:
+        """Whether an active ban covers `ip` (not allowlisted) and is enforced under the `live`
+        mode: what a plane asks of a client's open connections when a ban is imposed."""
+        if not len(self._bans):
+            return False
+        client = self._client(ip)
+        if client.allowed:
+            return False
+        ban = self._bans.find(client, self.clock())
+        if ban is None:
+            return False
+        rule = self._rules.get(ban.rule)
+        return ((rule.mode if rule is not None else None) or live) == Mode.ENFORCE
 
     def bans(self) -> list[Ban]:
         """Active bans, soonest expiry first."""

@@ -15,6 +15,7 @@ from proxylog.config.rule_specs import RulesSpec
 from proxylog.config.rules import parse_rules
 from proxylog.errors import ConfigError
 from proxylog.identity import TrustedProxies
+from proxylog.record import Mode
 from proxylog.rules import Ban, RequestFacts, RuleEngine, RuleEvent
 from proxylog.rules.compiled import fingerprint
 from proxylog.state import CounterSpec
@@ -73,6 +74,26 @@ def test_manual_ban_rejects_bad_input(key: str, ttl: float) -> None:
     """A bad key or a TTL that is not positive raises ValueError."""
     with pytest.raises(ValueError):
         RuleEngine(_spec(), FakeClock()).ban(key, ttl)
+
+
+def test_ban_enforced_says_which_clients_a_ban_now_refuses() -> None:
+    """What a plane asks of its open connections once a ban is imposed: covered by an active
+    ban (its own address or a banned network), not allowlisted, enforced by the live mode
+    unless the ban's rule forces its own."""
+    clock = FakeClock()
+    engine = RuleEngine(_spec([{**ERRORS, "mode": "monitor"}], allow=["192.0.2.9"]), clock)
+    assert not engine.ban_enforced("192.0.2.1", Mode.ENFORCE)
+    engine.ban("192.0.2.0/24", 60)
+    assert engine.ban_enforced("192.0.2.1", Mode.ENFORCE)
+    assert not engine.ban_enforced("192.0.2.1", Mode.MONITOR)
+    assert not engine.ban_enforced("192.0.2.9", Mode.ENFORCE)  # allowlisted
+    assert not engine.ban_enforced("198.51.100.1", Mode.ENFORCE)
+    for status in (404, 404, 404):  # the monitor-only rule bans 203.0.113.7
+        engine.observe(_facts(), status)
+    assert [b.key for b in engine.bans()] == ["192.0.2.0/24", "203.0.113.7"]
+    assert not engine.ban_enforced("203.0.113.7", Mode.ENFORCE)
+    clock.advance(61)
+    assert not engine.ban_enforced("192.0.2.1", Mode.ENFORCE)
 
 
 def test_bans_list_soonest_expiry_first_and_unban() -> None:
