@@ -1,18 +1,25 @@
 """Legitimate latency beside hostile clients, per engine, each attack against a baseline
-measured in the same run.
+measured in the same run; and the spray memory curve.
 
-    .venv/bin/python benchmarks/hostile.py [--engines mitmproxy fast] [--attackers 300]
-        [--seconds 12] [--requests 300]
+    .venv/bin/python benchmarks/hostile.py [--engines mitmproxy fast] [--attackers 200]
+        [--sources 1] [--seconds 12] [--requests 1000] [--rounds 3]
+        [--phases slowloris "slow body" "slow read"] [--spray 0]
 
-For each engine one `proxylog serve` runs in front of Puma (timeouts.header 10 s). Phases,
-one after the other: a baseline (no attack), then `--attackers` connections of each kind
-held open for `--seconds` while one closed-loop client sends `--requests` plain GETs:
+For each engine one `proxylog serve` runs in front of Puma (the defaults: timeouts.header
+10 s, body_rate 1 KiB/s over 10 s, write 60 s, 64 connections per client). Each phase, for
+`--rounds` rounds: a baseline (`--requests` plain GETs from one closed-loop client, no
+attack), then `--attackers` connections of one kind held open for `--seconds` while the same
+client sends `--requests` GETs again:
 - slowloris: a partial request head, one more header line per second;
 - slow body: a complete head announcing a 1 MB body, one body byte per second;
 - slow read: four pipelined GETs of a 1 MiB response, never read.
-Printed per phase: legitimate p50/p99 (ms) and p99 against the baseline, attack connections
-still open at the end, and the proxy's RSS (MiB) at the end. Everything started here is
-stopped here.
+The attackers connect from `--sources` loopback addresses (127.0.1.x, in turn): 1 is one
+client, which the per-client cap mostly turns away; as many as the attackers is a botnet.
+The legitimate client is 127.0.0.2. Printed per phase: legitimate p50/p99 (ms) in the last
+round, the p99 against its round's baseline (median of the rounds, and each round), attack
+connections still open at the end, and the proxy's RSS (MiB) at the end.
+`--spray N` then runs benchmarks/spray.py with N addresses (the per-key memory curve).
+Everything started here is stopped here.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import contextlib
 import http.client
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.conftest import Proxylog, Puma
+from tests.conftest import ROOT, Proxylog, Puma
 
 Attack = Callable[[socket.socket, int], None]
 
@@ -69,12 +77,13 @@ def legit(port: int, requests: int) -> list[float]:
 
 
 def run_attack(
-    port: int, attack: Attack, attackers: int, seconds: float, stop: threading.Event
+    port: int, attack: Attack, attackers: int, sources: int, seconds: float, stop: threading.Event
 ) -> list[socket.socket]:
     socks = []
-    for _ in range(attackers):
+    for n in range(attackers):
+        source = f"127.0.{1 + (n % sources) // 250}.{1 + (n % sources) % 250}"
         with contextlib.suppress(OSError):
-            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)))
     tick = 0
     deadline = time.monotonic() + seconds
     while not stop.is_set() and time.monotonic() < deadline:
@@ -105,55 +114,79 @@ def pct(times: list[float], q: int) -> float:
     return statistics.quantiles(times, n=100)[q - 1]
 
 
-def bench(engine: str, attackers: int, seconds: float, requests: int, puma: Puma) -> None:
+def bench(engine: str, args: argparse.Namespace, puma: Puma) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         proxy = Proxylog(Path(workdir), {"upstream": puma.url, "engine": engine}, [], None)
         try:
             legit(proxy.port, 50)  # warm up
-            base = legit(proxy.port, requests)
+            base = legit(proxy.port, args.requests)
             print(
                 f"{engine:9} baseline   p50 {pct(base, 50):6.1f} p99 {pct(base, 99):6.1f}"
                 f"  rss {proxy.rss_kib() / 1024:5.0f} MiB"
             )
-            for name, attack in ATTACKS.items():
-                stop = threading.Event()
-                result: list[list[socket.socket]] = []
-
-                thread = threading.Thread(
-                    target=lambda out, *a: out.append(run_attack(*a)),
-                    args=(result, proxy.port, attack, attackers, seconds, stop),
-                )
-                thread.start()
-                time.sleep(2)  # the attack is established
-                times = legit(proxy.port, requests)
-                thread.join()
-                socks = result[0]
-                alive = still_open(socks)
+            for name in args.phases:
+                ratios = []
+                for _ in range(args.rounds):
+                    base = legit(proxy.port, args.requests)
+                    times, socks = attacked(proxy.port, ATTACKS[name], args)
+                    ratios.append(pct(times, 99) / pct(base, 99))
+                    alive = still_open(socks)
+                    for sock in socks:
+                        sock.close()
+                    time.sleep(1)
+                rounds = " ".join(f"{r:.2f}" for r in ratios)
                 print(
                     f"{engine:9} {name:10} p50 {pct(times, 50):6.1f} p99 {pct(times, 99):6.1f}"
-                    f" ({pct(times, 99) / pct(base, 99):4.2f}x)  open after {seconds:g} s:"
-                    f" {alive}/{len(socks)}  rss {proxy.rss_kib() / 1024:5.0f} MiB"
+                    f" ({statistics.median(ratios):4.2f}x; rounds {rounds})  open after"
+                    f" {args.seconds:g} s: {alive}/{len(socks)}  rss {proxy.rss_kib() / 1024:5.0f} MiB"
                 )
-                for sock in socks:
-                    sock.close()
-                time.sleep(1)
         finally:
             proxy.close()
 
 
+def attacked(port: int, attack: Attack, args: argparse.Namespace) -> tuple[list[float], list[socket.socket]]:
+    """The legitimate client's times while the attack runs, and the attack's sockets."""
+    stop = threading.Event()
+    result: list[list[socket.socket]] = []
+    thread = threading.Thread(
+        target=lambda: result.append(
+            run_attack(port, attack, args.attackers, args.sources, args.seconds, stop)
+        )
+    )
+    thread.start()
+    time.sleep(2)  # the attack is established
+    times = legit(port, args.requests)
+    thread.join()
+    return times, result[0]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--engines", nargs="+", default=["mitmproxy", "fast"])
-    parser.add_argument("--attackers", type=int, default=300)
+    parser.add_argument("--attackers", type=int, default=200)
+    parser.add_argument("--sources", type=int, default=1, help="loopback addresses the attackers use")
     parser.add_argument("--seconds", type=float, default=12.0)
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--phases", nargs="+", choices=list(ATTACKS), default=list(ATTACKS))
+    parser.add_argument("--spray", type=int, default=0, help="addresses for the spray memory curve (0: none)")
     args = parser.parse_args()
-    puma = Puma()
-    try:
-        for engine in args.engines:
-            bench(engine, args.attackers, args.seconds, args.requests, puma)
-    finally:
-        puma.stop()
+    args.sources = max(1, min(args.sources, args.attackers))
+    if args.phases and args.engines:
+        puma = Puma()
+        try:
+            for engine in args.engines:
+                bench(engine, args, puma)
+        finally:
+            puma.stop()
+    if args.spray:
+        print()
+        subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "spray.py"), "--addresses", str(args.spray)],
+            check=True,
+        )
 
 
 if __name__ == "__main__":
