@@ -306,7 +306,7 @@ def _after_chunked(data: bytes) -> bytes:
 
 @dataclass
 class Checker:
-    """One proxy under test, and what the examples found that the property tolerates."""
+    """One proxy under test: checks each example against it, and the request ids accounted."""
 
     proxy: Any
     metrics_port: int
