@@ -95,7 +95,7 @@ class LeanHandler:
     def finish(self, ex: LeanExchange) -> None:
         self.finished += 1
 
-    def unreadable(self, reason: str, timed_out: bool = False) -> None:
+    def unreadable(self, reason: str, timed_out: bool = False, first: bool = False) -> None:
         pass
 
     def is_trusted(self, ip: str) -> bool:

@@ -25,6 +25,7 @@ class RequestMetrics:
         self.bytes_out = 0
         self.reloads = {"ok": 0, "failed": 0}
         self.header_timeouts = 0
+        self.unreadable_connections = 0  # ended with no request read (no record)
         self.bans = {"created": 0, "expired": 0, "lifted": 0}
 
     def observe(

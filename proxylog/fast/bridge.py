@@ -60,7 +60,9 @@ class PipelineHandler:
     def finish(self, ex: Exchange) -> None:
         self.pipeline.finish(ex)
 
-    def unreadable(self, reason: str, timed_out: bool) -> None:
+    def unreadable(self, reason: str, timed_out: bool, first: bool) -> None:
+        if first:
+            self.pipeline.runtime.metrics.unreadable_connections += 1
         if timed_out:
             self.pipeline.runtime.metrics.header_timeouts += 1
             logger.info("closed a connection: no complete request headers in time (%s)", reason)

@@ -88,7 +88,7 @@ class ClientConn(asyncio.Protocol):
         if not self.server.connection_opened(self):
             self.reported = True
             self.state = CLOSED
-            self.server.handler.unreadable("over the per-client connection limit", False)
+            self.server.handler.unreadable("over the per-client connection limit", False, True)
             transport.abort()
             return
         sock = transport.get_extra_info("socket")
@@ -229,7 +229,7 @@ class ClientConn(asyncio.Protocol):
 
     def _unreadable(self, reason: str, timed_out: bool = False) -> None:
         self.reported = True
-        self.server.handler.unreadable(reason, timed_out)
+        self.server.handler.unreadable(reason, timed_out, not self.requests)
 
     # -- between exchanges -----------------------------------------------------------------
 

@@ -64,9 +64,10 @@ class Handler(Protocol):
         """Exactly once per exchange, when it is over, whatever the outcome."""
         ...
 
-    def unreadable(self, reason: str, timed_out: bool) -> None:
+    def unreadable(self, reason: str, timed_out: bool, first: bool) -> None:
         """A connection ended without a complete request head (`timed_out`: the header
-        timeout closed it): counted, not recorded."""
+        timeout closed it; `first`: before any request was read from it, so it has no record
+        at all): counted, not recorded."""
         ...
 
     def is_trusted(self, ip: str) -> bool:

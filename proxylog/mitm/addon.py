@@ -79,6 +79,8 @@ class ProxyLog:
         self._inflight: dict[str, http.HTTPFlow] = {}
         # Upgraded requests whose tunnel is open, by client connection id.
         self._tunnels: dict[str, http.HTTPFlow] = {}
+        # Client connections no request has been read from yet, by id.
+        self._unread: set[str] = set()
         self._draining = False
         # Puma's response headers are due timeouts.upstream after the request ends; a client's
         # request headers timeouts.header after it connects or is answered. Retuned on reload.
@@ -217,6 +219,7 @@ class ProxyLog:
         """Record a request head refused before it became a flow (too large, or refused by
         `check_head`) as the fast plane does, from its raw bytes; let the rules observe it with
         the status sent; return proxylog's reply. Called by GuardedHttp1Server; never raises."""
+        self._unread.discard(client.id)
         runtime = self.runtime
         if runtime is None:
             return make_reply(status, "", head_only=False)
@@ -239,6 +242,7 @@ class ProxyLog:
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._unread.discard(flow.client_conn.id)
         runtime = self.runtime
         if runtime is None or state_of(flow) is not None:
             return
@@ -318,11 +322,13 @@ class ProxyLog:
                 client.error = "over the per-client connection limit"  # mitmproxy closes it now
                 return
         self._headers_due.arm(client)
+        self._unread.add(client.id)
 
     @guarded
     def client_disconnected(self, client: Any) -> None:
         self._headers_due.disarm(client)
         self._guard.disconnected(client)
+        self._count_unread(client.id)
 
     def _banned(self) -> None:
         """A ban was imposed: close the connections of every client an enforced ban covers."""
@@ -330,6 +336,14 @@ class ProxyLog:
         if runtime is not None:
             trusted = runtime.trusted
             self._guard.banned(lambda ip: not trusted.is_trusted(ip) and runtime.ban_enforced(ip))
+
+    def _count_unread(self, client_id: str) -> None:
+        """Count a client connection that ended before a request was read from it (closed or
+        timed out before or inside its first head, a TLS hello): it has no record."""
+        if client_id in self._unread:
+            self._unread.discard(client_id)
+            if self.runtime is not None:
+                self.runtime.metrics.unreadable_connections += 1
 
     async def _sweep_deadlines(self) -> None:
         while True:

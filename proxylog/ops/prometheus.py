@@ -127,6 +127,11 @@ class RuntimeCollector:
             value=metrics.header_timeouts,
         )
         yield CounterMetricFamily(
+            "proxylog_connections_unreadable",
+            "Client connections that ended before a request could be read from them (no record).",
+            value=metrics.unreadable_connections,
+        )
+        yield CounterMetricFamily(
             "proxylog_log_lines_dropped",
             "proxylog's own stderr log lines dropped because stderr could not keep up.",
             value=dropped_log_lines(),
