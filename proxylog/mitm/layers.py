@@ -281,8 +281,13 @@ class StrictChunkedReader(ChunkedReader):
             if data[:2] != b"\r\n"[: len(data)]:
                 raise ChunkError("trailers are not supported")
         elif self._bytes_to_discard:
-            if data[: len(self._bytes_to_discard)] != self._bytes_to_discard[: len(data)]:
+            end = self._bytes_to_discard
+            if data[: len(end)] != end[: len(data)]:
                 raise ChunkError("chunk data not followed by CRLF")
+            if len(data) >= len(end):  # h11 would go on to the next size line unchecked
+                buf.maybe_extract_at_most(len(end))
+                self._bytes_to_discard = b""
+                return self(buf)
         elif self._bytes_in_chunk == 0:
             lf = data.find(b"\n", 0, MAX_CHUNK_LINE)
             if lf < 0:
