@@ -21,6 +21,7 @@ from mitmproxy.proxy.layers.http._events import (
     RequestData,
     RequestHeaders,
     RequestProtocolError,
+    ResponseEndOfMessage,
     ResponseProtocolError,
 )
 from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
@@ -251,9 +252,13 @@ class GuardedHttp1Server(Http1Server):
         self.refused = True
         answer = self.refuse(self.context.client, raw, status, why)
         yield commands.SendData(self.conn, answer)
-        # Half-close: closing outright while the client is still sending loses the reply to a
-        # reset (and mitmproxy can leave such a socket open when it closes mid-read). Nothing
-        # more is read (bound_reads) and the connection is closed after the linger.
+        yield from self._linger()
+
+    def _linger(self) -> layer.CommandGenerator[None]:
+        """End a connection after proxylog's final reply: half-close (closing outright while
+        the client is still sending loses the reply to a reset, and mitmproxy can leave such
+        a socket open when it closes mid-read), read nothing more (bound_reads), and close
+        after the linger."""
         yield commands.CloseTcpConnection(self.conn, half_close=True)
         self.lingering = commands.RequestWakeup(LINGER)
         yield self.lingering
@@ -261,12 +266,30 @@ class GuardedHttp1Server(Http1Server):
     def send(self, event: Any) -> layer.CommandGenerator[None]:
         if not isinstance(event, ResponseProtocolError):
             yield from super().send(event)
+            if (
+                isinstance(event, ResponseEndOfMessage)
+                and self.state == self.read_body
+                and self.response is not None
+                and http1.connection_close(self.response.http_version, self.response.headers)
+            ):
+                # A reply sent before the request's body was read (a block): the body is not
+                # read, the connection ends as after a refusal.
+                self.refused = True
+                self.state = self.done
+                yield from self._linger()
             return
         if not self.conn.state & ConnectionState.CAN_WRITE:
             return
         status = event.code.http_status_code()
         if not self.response and status is not None:
             yield commands.SendData(self.conn, error_reply(self.request, status))
+        if self.state == self.read_body and not self.refused:
+            # The request's body is still arriving (a block written before it was read, then
+            # the flow killed): mitmproxy would go on reading it to its end after the close.
+            self.refused = True
+            self.state = self.done
+            yield from self._linger()
+            return
         yield commands.CloseConnection(self.conn)
 
 

@@ -125,6 +125,45 @@ def test_blocked_slow_upload_is_never_read(start_proxylog, puma: Puma, prefix: s
     assert f"{prefix}/big" not in puma.seen(prefix)
 
 
+def test_a_blocked_upload_is_answered_then_its_connection_closed(
+    start_proxylog, puma: Puma, prefix: str
+) -> None:
+    """A banned client streaming a large upload gets its 403 with `Connection: close`, and the
+    proxy closes the connection after it (within its linger) instead of reading the upload:
+    the client's sending ends in an error or the proxy's EOF long before 64 MiB, the record
+    counts no body, and Puma sees nothing."""
+    proxy = start_proxylog({"rules": PROBE_RULES}, args=["--enforce"])
+    request(proxy.url, f"{prefix}/secret")
+    request(proxy.url, f"{prefix}/secret")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {prefix}/big HTTP/1.1\r\nHost: app\r\nContent-Length: {64 << 20}\r\n\r\n".encode()
+        )
+        sock.settimeout(0.2)
+        reply, sent, closed = b"", 0, False
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not closed:
+            try:
+                sent += sock.send(b"x" * 65536)
+            except TimeoutError:
+                pass  # the proxy reads nothing more: the buffers are full
+            except OSError:
+                closed = True  # reset or broken pipe: the proxy closed it
+            try:
+                chunk = sock.recv(65536)
+                reply += chunk
+                closed = closed or chunk == b""
+            except TimeoutError:
+                pass
+            except OSError:
+                closed = True
+    assert reply.startswith(b"HTTP/1.1 403") and b"connection: close" in reply.lower()
+    assert closed and sent < 64 << 20
+    [record] = [r for r in proxy.access(count=3) if r["url"]["path"] == f"{prefix}/big"]
+    assert record["http"]["request"]["body"]["bytes"] == 0
+    assert f"{prefix}/big" not in puma.seen(prefix)
+
+
 def test_allowlist_always_wins(start_proxylog, prefix: str) -> None:
     """An allowlisted client is never counted, tagged or blocked, even in enforce mode."""
     proxy = start_proxylog({"rules": PROBE_RULES, "allow": ["127.0.0.0/8"]}, args=["--enforce"])
