@@ -90,7 +90,7 @@ async def serve(
         print(f"proxylog: cannot start the control or metrics endpoint: {e}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, plane.request_stop, sig.name)
     loop.add_signal_handler(signal.SIGHUP, runtime.sighup)
     watcher = loop.create_task(watch(runtime)) if config.control.watch and config.source else None
@@ -107,7 +107,20 @@ async def serve(
                 await asyncio.gather(task, return_exceptions=True)
         await metrics.stop()
         await control.stop()
+        ignore_signals(loop)
     return 0
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def ignore_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """From now on ignore SIGTERM, SIGINT and SIGHUP: the drain is over, and a late signal (a
+    supervisor's or systemd's) must not turn the clean exit into death by signal. (Closing
+    the loop would restore their default actions while the process still has to exit.)"""
+    for sig in (*STOP_SIGNALS, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 # Set by the supervisor for a worker it restarts: what happened to the one before.

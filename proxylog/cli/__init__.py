@@ -360,9 +360,9 @@ def hold_signals() -> None:
     """Until `serve`'s master installs its own handlers: ignore SIGHUP, whose default action
     would kill the process silently (a logrotate or `systemctl reload` racing the start),
     and make SIGTERM/SIGINT exit 0 at once, since nothing has started that needs draining."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _exit_at_once)
     signal.signal(signal.SIGINT, _exit_at_once)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # last: once SIGHUP is ignored, all three are held
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,7 +36,7 @@ import orjson
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from proxylog import __version__
-from proxylog.app import RESTARTED_ENV, watch_file
+from proxylog.app import RESTARTED_ENV, STOP_SIGNALS, ignore_signals, watch_file
 from proxylog.config import Config, ConfigError, check_workers
 from proxylog.ops.client import ControlClient
 from proxylog.ops.control import Command, CommandError, ControlEndpoint, who_sent
@@ -148,7 +148,7 @@ class Supervisor:
             file=sys.stderr,
             flush=True,
         )
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self._spawn_task, lambda: self._reload_logged("SIGHUP"))
         self._tasks += [loop.create_task(self._keep(w)) for w in self.workers]
@@ -170,6 +170,7 @@ class Supervisor:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await control.stop()
             await metrics.stop()
+            ignore_signals(loop)
         return 0
 
     async def _reload_logged(self, who: str) -> None:
