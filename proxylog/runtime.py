@@ -8,6 +8,7 @@ must survive: rule counters and bans, sinks whose spec did not change, the live 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -74,6 +75,21 @@ class _Options:
     apply: list[Callable[[Config], None]] = field(default_factory=list)
     banned: list[Callable[[], None]] = field(default_factory=list)
 
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None with another C library (musl has none)."""
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+# After a burst (a thousand connections each holding a request head, then gone) the freed
+# memory stays in the C heap: glibc returns only the top of it to the system by itself.
+# malloc_trim(0) hands back every free page; about 9 µs when there is nothing to give back.
+MALLOC_TRIM = _malloc_trim()
 
 class Runtime:
     """Everything a request needs, compiled once per config. `emit` is the only way a record
@@ -513,10 +529,13 @@ class Runtime:
 
     async def tick(self) -> None:
         """One upkeep step (every `upkeep_interval` s; tests call it instead of sleeping):
-        alert on sinks turning unhealthy; every `upkeep_every` steps, persist changed bans and
-        refresh threat-intel files (off the loop). Never raises."""
+        give freed heap memory back to the system (off the loop), alert on sinks turning
+        unhealthy; every `upkeep_every` steps, persist changed bans and refresh threat-intel
+        files (off the loop). Never raises."""
         self._ticks += 1
         try:
+            if MALLOC_TRIM is not None:
+                await asyncio.to_thread(MALLOC_TRIM, 0)
             self._watch_sinks()
             if self.alerts is not None:
                 self.alerts.tick()
