@@ -49,11 +49,15 @@ def test_serve_flags_are_validated_like_their_config_keys(
     assert not (tmp_path / "state").exists()
 
 
-def _ignores_sighup(pid: int) -> bool:
+def _holds_signals(pid: int) -> bool:
+    """SIGHUP ignored and SIGTERM caught: serve's own code runs. (SIGHUP alone would not do:
+    a test run under nohup starts every child with SIGHUP ignored.)"""
+    masks = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("SigIgn:"):
-            return bool(int(line.split()[1], 16) >> (signal.SIGHUP - 1) & 1)
-    return False
+        if line.startswith(("SigIgn:", "SigCgt:")):
+            masks[line[:6]] = int(line.split()[1], 16)
+    ignored, caught = masks.get("SigIgn", 0), masks.get("SigCgt", 0)
+    return bool(ignored >> (signal.SIGHUP - 1) & 1 and caught >> (signal.SIGTERM - 1) & 1)
 
 
 def _listening(port: int) -> bool:
@@ -61,11 +65,11 @@ def _listening(port: int) -> bool:
 
 
 def _start_and_wait_for_proxylog_code(tmp_path: Path, port: int) -> subprocess.Popen[str]:
-    """Start serve and return once its code runs (it ignores SIGHUP), before it listens.
+    """Start serve and return once its code runs (it holds its signals), before it listens.
     Python's own start-up (~50 ms) comes first: no Python program can act on a signal then."""
     proc = _serve(tmp_path, "--upstream", "http://127.0.0.1:1", "--listen", f"127.0.0.1:{port}")
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not _ignores_sighup(proc.pid):
+    while not _holds_signals(proc.pid):
         assert not _listening(port), "serve listened before it ever ignored SIGHUP"
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
         time.sleep(0.001)
