@@ -19,6 +19,9 @@ from proxylog.fast.relay import Relay
 logger = logging.getLogger("proxylog.fast")
 
 
+# Slow bodies cut per turn of the event loop when many windows end at once.
+SWEEP_BATCH = 8
+
 class FastServer:
     """An HTTP/1.1 reverse proxy in front of Puma that hands every request to `handler`.
     Nothing runs until `start`; `close` stops and awaits everything it started."""
@@ -161,16 +164,29 @@ class FastServer:
         interval = self.options.sweep_interval()
         while True:
             await asyncio.sleep(interval)
-            self.sweep(self.clock())
+            now = self.clock()
+            self._sweep_connections(now)
+            # Slow bodies that began together end together: each cut is a reply, a record and
+            # a close, so they are cut a few at a time, other clients served in between.
+            # (body_expired checks the relay's state: one finished meanwhile is left alone.)
+            ended = self.body_due.expired(now)
+            for start in range(0, len(ended), SWEEP_BATCH):
+                if start:
+                    await asyncio.sleep(0)
+                _expire(ended[start : start + SWEEP_BATCH], Relay.body_expired)
 
     def sweep(self, now: float) -> None:
-        """Act on every deadline passed at `now` (the sweep task calls it; tests may too)."""
+        """Act on every deadline passed at `now` (tests call it; the sweep task does the same,
+        cutting slow bodies in batches)."""
+        self._sweep_connections(now)
+        _expire(self.body_due.expired(now), Relay.body_expired)
+
+    def _sweep_connections(self, now: float) -> None:
         _expire(self.header_due.expired(now), ClientConn.header_expired)
         _expire(self.idle_due.expired(now), ClientConn.idle_expired)
         _expire(self.write_due.expired(now), ClientConn.write_expired)
         _expire(self.linger_due.expired(now), ClientConn.linger_expired)
         _expire(self.upstream_due.expired(now), Relay.upstream_expired)
-        _expire(self.body_due.expired(now), Relay.body_expired)
         self.pool.expire(now)
 
     # -- shutdown ---------------------------------------------------------------------------
