@@ -76,7 +76,6 @@ class _Options:
     banned: list[Callable[[], None]] = field(default_factory=list)
 
 
-
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, or None with another C library (musl has none)."""
     try:
@@ -90,6 +89,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 # memory stays in the C heap: glibc returns only the top of it to the system by itself.
 # malloc_trim(0) hands back every free page; about 9 µs when there is nothing to give back.
 MALLOC_TRIM = _malloc_trim()
+
 
 class Runtime:
     """Everything a request needs, compiled once per config. `emit` is the only way a record

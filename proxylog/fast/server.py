@@ -22,6 +22,7 @@ logger = logging.getLogger("proxylog.fast")
 # Slow bodies cut per turn of the event loop when many windows end at once.
 SWEEP_BATCH = 8
 
+
 class FastServer:
     """An HTTP/1.1 reverse proxy in front of Puma that hands every request to `handler`.
     Nothing runs until `start`; `close` stops and awaits everything it started."""
