@@ -4,9 +4,12 @@ and `CidrSet`, the one membership structure (trusted proxies, allowlist, intel l
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ipaddress
 import socket
+import struct
 from collections.abc import Iterable
+from typing import Any
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -146,3 +149,16 @@ def _merge(spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
             starts.append(first)
             ends.append(last)
     return starts, ends
+
+
+_LINGER_OFF = struct.pack("ii", 1, 0)
+
+
+def reset_on_close(transport: Any) -> None:
+    """Make an asyncio transport's coming close a reset: a client that reads nothing would
+    otherwise keep the kernel sending it the socket's buffered bytes (megabytes, at its tiny
+    window) long after the proxy let go."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)

@@ -4,9 +4,7 @@ handing each valid one to a Relay, keep-alive, timeouts and the end of the conne
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import struct
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -14,6 +12,7 @@ from proxylog.fast.contract import RequestHead
 from proxylog.fast.heads import framing, split_head
 from proxylog.fast.relay import P_CONNECTING, P_UPSTREAM, Relay
 from proxylog.http1 import check_head, empty_lines_at, find_head_end, lenient_head
+from proxylog.net import reset_on_close
 
 if TYPE_CHECKING:
     from proxylog.fast.server import FastServer
@@ -27,17 +26,6 @@ _TLS_HANDSHAKE_FAILURE = b"\x15\x03\x01\x00\x02\x02\x28"
 
 
 _EMPTY_LINE_START = (0x0D, 0x0A)
-_LINGER_OFF = struct.pack("ii", 1, 0)
-
-
-def reset_on_close(transport: asyncio.BaseTransport | None) -> None:
-    """Make the coming close a reset: a client that reads nothing would otherwise keep the
-    kernel sending it the socket's buffered bytes (megabytes, at its tiny window) long after."""
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
-
 
 class ClientConn(asyncio.Protocol):
     """One client connection; at most one exchange runs at a time (a pipelined request

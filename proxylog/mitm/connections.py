@@ -1,22 +1,22 @@
-"""The two places proxylog reaches below mitmproxy's addon API, kept together on purpose.
+"""Where proxylog reaches below mitmproxy's addon API to a connection, kept together.
 
 mitmproxy has no hook to answer a request with a status of our choosing once the upstream
 failed (it sends its own 502 page), none to bound the wait for upstream response headers,
-and a response set in `requestheaders` still waits for the whole request body. Both helpers
-use the proxyserver addon's live connection table, the same one its `inject.*` commands use.
+none to close or reset a client connection (timeouts, a ban), and a response set in
+`requestheaders` still waits for the whole request body. These helpers use the proxyserver
+addon's live connection table, the same one its `inject.*` commands use.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
-import struct
 from typing import Any
 
 from mitmproxy import ctx, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy.mode_servers import ProxyConnectionHandler
+
+from proxylog.net import reset_on_close
 
 logger = logging.getLogger("proxylog")
 
@@ -88,9 +88,6 @@ def abort_client(client: Any, reason: str) -> bool:
     for a client that reads nothing); False if it is gone."""
     transport = client_transport(client)
     if transport is not None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:  # a reset: else the kernel keeps sending what the client won't read
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset_on_close(transport)
         transport.abort()
     return close_client(client, reason)
