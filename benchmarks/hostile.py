@@ -63,8 +63,8 @@ ATTACKS: dict[str, Attack] = {"slowloris": slowloris, "slow body": slow_body, "s
 
 
 def legit(port: int, requests: int) -> list[float]:
-    # from another loopback address than the attackers, as a real client would be: the fast
-    # plane caps concurrent connections per client address
+    # from another loopback address than the attackers, as a real client would be: both
+    # planes cap concurrent connections per client address
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=("127.0.0.2", 0))
     times = []
     for i in range(requests):
