@@ -21,7 +21,6 @@ from mitmproxy.proxy.layers.http._events import (
     RequestData,
     RequestHeaders,
     RequestProtocolError,
-    ResponseEndOfMessage,
     ResponseProtocolError,
 )
 from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
@@ -266,17 +265,6 @@ class GuardedHttp1Server(Http1Server):
     def send(self, event: Any) -> layer.CommandGenerator[None]:
         if not isinstance(event, ResponseProtocolError):
             yield from super().send(event)
-            if (
-                isinstance(event, ResponseEndOfMessage)
-                and self.state == self.read_body
-                and self.response is not None
-                and http1.connection_close(self.response.http_version, self.response.headers)
-            ):
-                # A reply sent before the request's body was read (a block): the body is not
-                # read, the connection ends as after a refusal.
-                self.refused = True
-                self.state = self.done
-                yield from self._linger()
             return
         if not self.conn.state & ConnectionState.CAN_WRITE:
             return
