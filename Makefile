@@ -14,13 +14,13 @@ find_python = for p in $(PYTHON) python3 python3.13 python3.12 \
 	  && { command -v $$p; exit 0; }; done; \
 	  echo "no Python >= 3.12 found: install one or set PYTHON=/path/to/python3.12" >&2; exit 1
 
-.PHONY: run test deps venv lint bench clean
+.PHONY: run test deps venv lint bench clean constraints
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@py=$$($(find_python)) && echo "using $$py ($$($$py --version))" && \
 	  ( [ -x $(PY) ] || $$py -m venv $(VENV) )
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -54,3 +54,8 @@ bench: deps venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Re-pin constraints.txt to what the venv has now (after a deliberate upgrade, then make test lint).
+constraints: venv
+	@{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^proxylog'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt

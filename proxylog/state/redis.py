@@ -573,7 +573,7 @@ class RedisStore:
                 await asyncio.sleep(BACKOFF[min(failures, len(BACKOFF)) - 1])
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
 
     def _on_event(self, raw: bytes) -> None:
         try:
