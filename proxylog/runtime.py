@@ -229,6 +229,8 @@ class Runtime:
         self.audit("mode", who, old, mode)
         self.store.announce("mode", mode)
         self.persist()
+        if self.mode is Mode.ENFORCE:
+            self._bans_apply()  # bans made in monitor mode now refuse: close their connections
         return old
 
     def _on_shared(self, kind: str, value: str) -> None:
@@ -239,6 +241,8 @@ class Runtime:
             old, self.mode = self.mode, Mode(value)
             self.mode_override = self.mode
             self.audit("mode", who, old, value, source="shared")
+            if self.mode is Mode.ENFORCE:
+                self._bans_apply()
         elif kind in ("allow", "disallow"):
             try:
                 changed = (
@@ -251,6 +255,9 @@ class Runtime:
                 return
             if changed:
                 self.audit(kind, who, None, value, source="shared")
+        elif kind == "ban":  # another instance's ban, now in this one's table
+            self._bans_apply()
+            return
         elif kind in ("degraded", "recovered"):
             doc = event_document(f"state.{kind}", "configuration", self.clock(), state=self.store.stats())
             self.emit_document(doc)
@@ -266,6 +273,8 @@ class Runtime:
             if new.mode != self.mode:
                 old, self.mode = self.mode, new.mode
                 self.audit("mode", who, old, new.mode, source="config")
+                if self.mode is Mode.ENFORCE:
+                    self._bans_apply()
             return None
         if new.mode != self.mode_override:
             return (
@@ -457,6 +466,12 @@ class Runtime:
                 stranded.append((old.name, old.backlog, path))
         return stranded
 
+    def _bans_apply(self) -> None:
+        """A ban was imposed, here or on another instance, or enforce mode began: the planes
+        close the open connections of every client an enforced ban now covers."""
+        for banned in self.hooks.banned:
+            banned()
+
     def ban_enforced(self, ip: str) -> bool:
         """Whether a request from `ip` would now be refused by an enforced ban."""
         return self.engine.ban_enforced(ip, self.mode)
@@ -470,8 +485,7 @@ class Runtime:
         if event.kind != "rule_fired":
             self._emit_ban(event)
         if event.kind == "ban":
-            for banned in self.hooks.banned:
-                banned()
+            self._bans_apply()
         # Alert on what needs a human: a rule first firing for a key, and bans; a ban's end
         # resolves its alert on channels that send resolves.
         alerts = self.alerts

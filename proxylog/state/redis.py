@@ -506,10 +506,13 @@ class RedisStore:
             self._apply("disallow", cidr)
 
     def _apply_ban(self, ban: Ban) -> None:
+        """Another instance's ban (an event, or found in Redis by a sync): kept here, and the
+        owner told of a new one (it closes the banned client's connections)."""
         current = self.bans.local.get(ban.key)
+        self._history[ban.key] = (ban.count, ban.since)
         if current != ban:
             self.bans.local.put(ban)
-        self._history[ban.key] = (ban.count, ban.since)
+            self._tell("ban", ban.key)
 
     def _apply(self, kind: str, value: str) -> None:
         """Another instance's mode or allowlist change: remember it and tell the owner."""

@@ -5,11 +5,13 @@ and counts its own addresses."""
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from typing import Any
 
 from tests._http import request
+from tests.fast._http import closed_by_peer, read_response
 from tests.ops.test_control import ctl, ctl_json, wait_until
 from tests.state.conftest import RedisServer
 
@@ -48,6 +50,24 @@ def test_a_ban_through_one_instance_blocks_on_the_other(start_proxylog, redis_se
     assert [ban["key"] for ban in ctl_json(b, "bans")["bans"]] == ["203.0.113.50"]
     assert ctl(b, "unban", "203.0.113.50").returncode == 0
     assert wait_until(lambda: status(a, "203.0.113.50") == 200)
+
+
+def test_a_ban_through_one_instance_closes_the_clients_connections_on_the_other(
+    start_proxylog, redis_server: RedisServer
+) -> None:
+    """Blocked means closed across instances: a ban made on one (here by `ctl`, as a rule's
+    would be) reaches the other through Redis and closes the banned client's idle keep-alive
+    connection there. The client is the peer address here (no trusted proxy), and the
+    header deadline, which also closes idle connections on the mitmproxy plane, is longer
+    than the test waits."""
+    config = {**shared(redis_server, mode="enforce"), "trusted_proxies": [], "timeouts": {"header": "60s"}}
+    a, b = start_proxylog(config), start_proxylog(config)
+    with socket.create_connection(("127.0.0.1", b.port), timeout=20) as sock:
+        sock.sendall(b"GET /before HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock.makefile("rb")).status == 200
+        assert ctl(a, "ban", "127.0.0.1", "--ttl", "1m").returncode == 0
+        assert closed_by_peer(sock)
+    assert [ban["key"] for ban in ctl_json(b, "bans")["bans"]] == ["127.0.0.1"]
 
 
 def test_ctl_mode_and_allow_on_one_instance_apply_to_both(start_proxylog, redis_server: RedisServer) -> None:
