@@ -17,7 +17,8 @@ The attackers connect from `--sources` loopback addresses (127.0.1.x, in turn): 
 client, which the per-client cap mostly turns away; as many as the attackers is a botnet.
 The legitimate client is 127.0.0.2. Printed per phase: legitimate p50/p99 (ms) in the last
 round, the p99 against its round's baseline (median of the rounds, and each round), attack
-connections still open at the end, and the proxy's RSS (MiB) at the end.
+connections still open at the end, how many of the attack's requests Puma received in the
+last round (of those sent), and the proxy's RSS (MiB) at the end.
 `--spray N` then runs benchmarks/spray.py with N addresses (the per-key memory curve).
 Everything started here is stopped here.
 """
@@ -60,6 +61,8 @@ def slow_read(sock: socket.socket, tick: int) -> None:
 
 
 ATTACKS: dict[str, Attack] = {"slowloris": slowloris, "slow body": slow_body, "slow read": slow_read}
+# Each attack's path and requests per connection: how many of them Puma received is counted.
+AT_PUMA = {"slowloris": ("/slowloris", 1), "slow body": ("/upload", 1), "slow read": ("/large", 4)}
 
 
 def legit(port: int, requests: int) -> list[float]:
@@ -126,11 +129,14 @@ def bench(engine: str, args: argparse.Namespace, puma: Puma) -> None:
             )
             for name in args.phases:
                 ratios = []
+                path, per_connection = AT_PUMA[name]
                 for _ in range(args.rounds):
                     base = legit(proxy.port, args.requests)
+                    seen = len(puma.seen(path))
                     times, socks = attacked(proxy.port, ATTACKS[name], args)
                     ratios.append(pct(times, 99) / pct(base, 99))
                     alive = still_open(socks)
+                    reached = len(puma.seen(path)) - seen
                     for sock in socks:
                         sock.close()
                     time.sleep(1)
@@ -138,7 +144,9 @@ def bench(engine: str, args: argparse.Namespace, puma: Puma) -> None:
                 print(
                     f"{engine:9} {name:10} p50 {pct(times, 50):6.1f} p99 {pct(times, 99):6.1f}"
                     f" ({statistics.median(ratios):4.2f}x; rounds {rounds})  open after"
-                    f" {args.seconds:g} s: {alive}/{len(socks)}  rss {proxy.rss_kib() / 1024:5.0f} MiB"
+                    f" {args.seconds:g} s: {alive}/{len(socks)}"
+                    f"  at Puma {reached}/{per_connection * len(socks)}"
+                    f"  rss {proxy.rss_kib() / 1024:5.0f} MiB"
                 )
         finally:
             proxy.close()

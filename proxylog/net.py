@@ -1,10 +1,13 @@
 """IP addresses and networks: parsing (X-Forwarded-For hops included), IPv4-mapped unwrapping,
-and `CidrSet`, the one membership structure (trusted proxies, allowlist, intel lists)."""
+and `CidrSet`, the one membership structure (trusted proxies, allowlist, intel lists); and
+the two socket facts both data planes use for slow readers (`reset_on_close`,
+`unread_bytes`)."""
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import fcntl
 import ipaddress
 import socket
 import struct
@@ -162,3 +165,36 @@ def reset_on_close(transport: Any) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+
+
+# A client with more of its responses unread than this (proxylog's write buffer plus the
+# kernel's unsent bytes) gets its next request held, unread by Puma, until it reads them.
+UNREAD_LIMIT = 256 * 1024
+_SIOCOUTQNSD = 0x894B  # Linux: bytes in a TCP socket's send queue not yet sent
+
+
+def peer_failed(transport: Any) -> bool:
+    """Whether an asyncio transport's socket has a pending error (the peer reset it): a
+    transport that stopped reading, after a half-close, is not told otherwise."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    except OSError:
+        return True
+
+
+def unread_bytes(transport: Any) -> int:
+    """What an asyncio transport's peer has not yet taken of what was written to it: the
+    transport's buffer plus, on Linux, the socket's send queue not yet sent (a peer that
+    reads nothing closes its window and the kernel keeps the rest). Bytes sent and not yet
+    acknowledged do not count: a client reading at once has those in flight."""
+    if transport is None:
+        return 0
+    unread = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            unread += struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQNSD, b"\0\0\0\0"))[0]
+    return int(unread)

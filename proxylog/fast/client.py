@@ -12,13 +12,16 @@ from proxylog.fast.contract import RequestHead
 from proxylog.fast.heads import framing, split_head
 from proxylog.fast.relay import P_CONNECTING, P_UPSTREAM, Relay
 from proxylog.http1 import check_head, empty_lines_at, find_head_end, lenient_head
-from proxylog.net import reset_on_close
+from proxylog.net import UNREAD_LIMIT, peer_failed, reset_on_close, unread_bytes
 
 if TYPE_CHECKING:
     from proxylog.fast.server import FastServer
 
 HEAD, EXCHANGE, CLOSED = range(3)
 P_CLOSING = 4  # refused: reading stops for good (pause reasons share the Relay's bits)
+# How often a held request looks again at what its client left unread: from the first
+# value, doubling up to the second (a client reading at once is let through at once).
+HOLD_POLL = (0.005, 0.2)
 _TLS_HANDSHAKE = 0x16
 # A fatal handshake_failure alert (RFC 8446 §6): a TLS client on the plain listener is told so
 # at once, as the mitmproxy plane does, instead of waiting for a timeout.
@@ -27,12 +30,14 @@ _TLS_HANDSHAKE_FAILURE = b"\x15\x03\x01\x00\x02\x02\x28"
 
 _EMPTY_LINE_START = (0x0D, 0x0A)
 
+
 class ClientConn(asyncio.Protocol):
     """One client connection; at most one exchange runs at a time (a pipelined request
     waits, bounded, until the one before it is answered)."""
 
     __slots__ = (
         "armed",
+        "held",
         "idle",
         "paused",
         "peer",
@@ -46,6 +51,7 @@ class ClientConn(asyncio.Protocol):
         "started",
         "state",
         "transport",
+        "unread",
         "write_paused",
     )
 
@@ -65,6 +71,8 @@ class ClientConn(asyncio.Protocol):
         self.armed = False  # the header deadline runs for the current head
         self.idle = False
         self.reported = False  # unreadable() or refuse() was called for the connection's end
+        self.unread = 0  # at most this much of what was written is unread (last measured + since)
+        self.held: tuple[bytes, asyncio.TimerHandle] | None = None  # see _hold
 
     # -- asyncio callbacks ---------------------------------------------------------------
 
@@ -103,6 +111,7 @@ class ClientConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         state, self.state = self.state, CLOSED
+        self._release_hold()
         server = self.server
         for due in server.connection_deadlines:
             due.disarm(self)
@@ -183,7 +192,61 @@ class ClientConn(asyncio.Protocol):
         self.relay = relay = Relay(self, ex, head, framing(raw, version))
         self.state = EXCHANGE
         server.exchange_begun(relay)
+        if self.requests > 1 and self._behind():
+            self._hold(rest, HOLD_POLL[0])
+            return
         relay.start(rest)
+
+    # -- a client behind on its responses --------------------------------------------------
+
+    def _behind(self) -> bool:
+        """Whether the client has more than UNREAD_LIMIT of its responses unread. The
+        socket is asked only when what was written since it last said "read" could exceed
+        the limit, so a keep-alive client of small responses costs no system call."""
+        if self.unread <= UNREAD_LIMIT:
+            return False
+        self.unread = unread_bytes(self.transport)
+        return self.unread > UNREAD_LIMIT
+
+    def _hold(self, rest: bytes, delay: float) -> None:
+        """A client that sends its next request (pipelined, or without reading) while it
+        has not read its earlier responses: the request waits, unforwarded and unread by
+        Puma, until it does, so a client reading nothing can have one response in the
+        kernel's buffers and no more requests at Puma. It waits under `timeouts.write`:
+        left unread that long, the held request is recorded client_timeout (write_expired)
+        and the connection reset. The connection is still read meanwhile, so a client that
+        closes is noticed (and no longer counts against its address); what it sends is kept
+        as pipelined bytes, bounded as they are (Relay._ahead)."""
+        if self.held is None and self not in self.server.write_due:
+            self.server.write_due.arm(self)
+        timer = asyncio.get_running_loop().call_later(delay, self._hold_check, delay)
+        self.held = (rest, timer)
+
+    def _hold_check(self, delay: float) -> None:
+        if self.held is None or self.relay is None or self.relay.finished:
+            self.held = None  # the exchange ended while held (a cut, a close)
+            return
+        rest = self.held[0]
+        if peer_failed(self.transport):
+            # The client reset the connection (after a half-close, the transport is no
+            # longer read, so only the socket knows): recorded client_disconnect.
+            self.abort()
+            return
+        if self._behind():
+            self._hold(rest, min(delay * 2, HOLD_POLL[1]))
+            return
+        self.held = None
+        if not self.write_paused:
+            self.server.write_due.disarm(self)
+        relay = self.relay
+        if relay.ahead:  # sent while the request was held: after its own rest
+            rest, relay.ahead = rest + relay.ahead, None
+        relay.start(rest)
+
+    def _release_hold(self) -> None:
+        held, self.held = self.held, None
+        if held is not None:
+            held[1].cancel()
 
     def _too_large(self) -> None:
         raw = bytes(self.pending)
@@ -270,7 +333,8 @@ class ClientConn(asyncio.Protocol):
     def write_expired(self) -> None:
         reset_on_close(self.transport)
         if self.relay is not None:
-            self.relay.write_expired()
+            self.relay.write_expired(held=self.held is not None)
+            self._release_hold()
         else:
             self.abort()
 
@@ -282,6 +346,7 @@ class ClientConn(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
+            self.unread += len(data)
             transport.write(data)
 
     def pause(self, reason: int) -> None:

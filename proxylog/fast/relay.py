@@ -500,10 +500,12 @@ class Relay:
         self.window_bytes = 0
         self.conn.server.body_due.arm(self)
 
-    def write_expired(self) -> None:
-        """The client left its response unread for the write timeout."""
+    def write_expired(self, held: bool = False) -> None:
+        """The client left its response unread for the write timeout (`held`: the earlier
+        responses this request was held behind)."""
         timeout = self.conn.server.options.write_timeout
-        self._abort("client_timeout", f"the client did not read its response for {timeout:g} s")
+        what = "its earlier responses" if held else "its response"
+        self._abort("client_timeout", f"the client did not read {what} for {timeout:g} s")
 
     def abandon(self) -> None:
         """Shutdown: end the exchange now, recorded as such."""

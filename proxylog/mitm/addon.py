@@ -33,6 +33,7 @@ from proxylog.mitm.layers import guard_http1, refuse_tls_on_plain_listener
 from proxylog.mitm.replies import invalid_response_head, reject, reply, reply_to_error
 from proxylog.mitm.slow import ClientGuard
 from proxylog.pipeline import Block, Exchange, Pipeline, RequestHead
+from proxylog.record import ErrorType
 from proxylog.runtime import Runtime
 
 logger = logging.getLogger("proxylog")
@@ -213,12 +214,16 @@ class ProxyLog:
         elif self.runtime is not None:
             config = self.runtime.config
             pace = (config.timeouts.body_rate, config.timeouts.body_window)
-            guard_http1(nextlayer, config.limits.header_bytes, self.refuse_head, pace)
+            guard_http1(nextlayer, config.limits.header_bytes, self.refuse_head, pace, config.timeouts.write)
 
-    def refuse_head(self, client: Any, raw: bytes, status: int, why: str) -> bytes:
+    def refuse_head(
+        self, client: Any, raw: bytes, status: int, why: str, error: ErrorType = "request_invalid"
+    ) -> bytes:
         """Record a request head refused before it became a flow (too large, or refused by
         `check_head`) as the fast plane does, from its raw bytes; let the rules observe it with
-        the status sent; return proxylog's reply. Called by GuardedHttp1Server; never raises."""
+        the status sent; return proxylog's reply. Status 0: a head that is recorded `error`
+        with no reply (held, and its client then dropped). Called by GuardedHttp1Server;
+        never raises."""
         self._unread.discard(client.id)
         runtime = self.runtime
         if runtime is None:
@@ -230,9 +235,10 @@ class ProxyLog:
             peer, tls = client.peername[:2], client.tls_established
             head = RequestHead(method, target, version, fields, peer, tls, time.time(), len(raw))
             ex: Exchange = self.pipeline.begin(head)  # facts too: smuggling probes count toward status rules
-            ex.fail("request_invalid", why)
-            answer = make_reply(status, ex.request_id, ex.method == b"HEAD")
-            ex.answered(status, answer)
+            ex.fail(error, why)
+            answer = make_reply(status, ex.request_id, ex.method == b"HEAD") if status else b""
+            if status:
+                ex.answered(status, answer)
             self.pipeline.finish(ex)
             return answer
         except Exception:

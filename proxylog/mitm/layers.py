@@ -5,6 +5,7 @@ shared rules in proxylog/http1.py), with proxylog's own error replies."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,22 +28,29 @@ from mitmproxy.proxy.layers.http._http1 import Http1Server, make_body_reader
 from mitmproxy.proxy.mode_specs import ReverseMode
 
 from proxylog.http1 import MAX_CHUNK_LINE, ChunkError, check_head, chunk_size, empty_lines_at, find_head_end
+from proxylog.mitm.connections import client_transport
 from proxylog.mitm.flows import BODY_ARRIVED, HEAD_SIZES
 from proxylog.mitm.reads import Reads, set_reads
 from proxylog.mitm.replies import REFUSED, TIMED_OUT, error_reply
-from proxylog.mitm.slow import BodyPace
+from proxylog.mitm.slow import HELD, BodyPace
+from proxylog.net import UNREAD_LIMIT, peer_failed, reset_on_close, unread_bytes
+from proxylog.record import ErrorType
 
 logger = logging.getLogger("proxylog")
 
 # TLS record: alert, TLS 1.0 framing, length 2, fatal (2), handshake_failure (40).
 HANDSHAKE_FAILURE_ALERT = b"\x15\x03\x01\x00\x02\x02\x28"
 
-# (client, the refused head's raw bytes, status, message) -> the reply to send.
-RefuseHead = Callable[[Any, bytes, int, str], bytes]
+# (client, the refused head's raw bytes, status, message, error type) -> the reply to send
+# (status 0: record the head, send nothing).
+RefuseHead = Callable[[Any, bytes, int, str, ErrorType], bytes]
 
 # How long a refused client has to read its reply before the connection is closed under it
 # (as on the fast plane); nothing more is read from it meanwhile.
 LINGER = 2.0
+# How often a held request head looks again at what its client left unread, as on the fast
+# plane: from the first value, doubling up to the second.
+HOLD_POLL = (0.005, 0.2)
 
 
 class RefuseTLS(layer.Layer):
@@ -88,10 +96,16 @@ class GuardedHttp1Server(Http1Server):
     A request body must arrive at `body_rate` bytes/s or more, averaged over each
     `body_window` (0: no bound), as on the fast plane: a window is a mitmproxy wakeup, and a
     body below the rate is cut with proxylog's 408, recorded `client_timeout`.
+
+    A request head that arrives while the client has more than UNREAD_LIMIT of its earlier
+    responses unread is held, unparsed and unread by Puma, until it reads them (`_hold`),
+    as on the fast plane; held `write_timeout` seconds, it is recorded client_timeout and
+    the connection reset.
     """
 
     body_rate = 0
     body_window = 0.0
+    write_timeout = 0.0
     pace: BodyPace | None = None
 
     def __init__(self, context: Any, max_head: int, refuse: RefuseHead) -> None:
@@ -106,13 +120,32 @@ class GuardedHttp1Server(Http1Server):
         self.rest = b""  # what came after the first max_head + 1 bytes of a head in a read
         self.lingering: commands.RequestWakeup | None = None
         self.reads: Reads | None = None  # how the client's socket is read now (None: not set here yet)
+        self.held: commands.RequestWakeup | None = None  # the next look while a head is held
+        self.held_since = 0.0
+        self.held_end = 0  # the held head's length in the buffer
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if isinstance(event, events.Wakeup):
             if event.command is self.lingering:
                 yield commands.CloseConnection(self.conn)
+            elif event.command is self.held:
+                yield from self._hold_check()
+                self.bound_reads()
             else:
                 yield from self.body_window_ended(event)
+            return
+        if self.held is not None and isinstance(event, events.DataReceived):
+            # Still read while held, so that a close is noticed: kept for after the hold,
+            # bounded as what a client sends ahead of its answer is.
+            self.buf += event.data
+            if len(self.buf) - self.held_end > self.max_head:
+                raw = self._end_held()
+                yield from self._refuse(
+                    raw, 400, f"the client sent over {self.max_head} bytes ahead of its answer"
+                )
+            return
+        if self.held is not None and isinstance(event, events.ConnectionClosed):
+            yield from self._held_client_gone()
             return
         if self.refused and isinstance(event, events.ConnectionEvent):
             # After a refusal, bytes the client sent before reading stopped are discarded,
@@ -178,6 +211,12 @@ class GuardedHttp1Server(Http1Server):
         if end < 0:
             self.scanned = len(data)
             return
+        if self.stream_id > 1 and self._behind():
+            self.buf += self.rest
+            self.rest = b""
+            self.held_end, self.held_since = end, time.monotonic()
+            yield from self._hold(HOLD_POLL[0])
+            return
         raw = self._take(end)
         self.skipped = 0
         self.buf += self.rest  # the head ended within the bound: the rest is its body or more
@@ -241,6 +280,56 @@ class GuardedHttp1Server(Http1Server):
         yield commands.CloseTcpConnection(self.conn, half_close=True)
         yield ReceiveHttp(RequestProtocolError(self.stream_id, prefix + why, ErrorCode.GENERIC_CLIENT_ERROR))
 
+    # -- a client behind on its responses (as the fast plane's ClientConn._hold) ---------------
+
+    def _behind(self) -> bool:
+        return unread_bytes(client_transport(self.conn)) > UNREAD_LIMIT
+
+    def _hold(self, delay: float) -> layer.CommandGenerator[None]:
+        """Hold the complete head at the buffer's start, to be looked at again after
+        `delay`. Registered in HELD, so that a write timeout ending the connection first
+        records it."""
+        self.held = commands.RequestWakeup(delay)
+        HELD[self.context.client] = self._record_held
+        yield self.held
+
+    def _hold_check(self) -> layer.CommandGenerator[None]:
+        assert self.held is not None
+        delay = self.held.delay
+        if peer_failed(client_transport(self.conn)):  # reset, and not yet read as a close
+            yield from self._held_client_gone()
+            return
+        if not self._behind():
+            self.held = None
+            HELD.pop(self.context.client, None)
+            yield from self.read_headers(events.DataReceived(self.conn, b""))
+            return
+        if 0 < self.write_timeout <= time.monotonic() - self.held_since:
+            self._record_held(f"the client did not read its earlier responses for {self.write_timeout:g} s")
+            reset_on_close(client_transport(self.conn))
+            yield commands.CloseConnection(self.conn)
+            return
+        yield from self._hold(min(delay * 2, HOLD_POLL[1]))
+
+    def _record_held(self, why: str) -> None:
+        """The held head's end by the write timeout: recorded client_timeout, no reply (its
+        client is not reading)."""
+        if self.held is not None:
+            self.refuse(self.context.client, self._end_held(), 0, why, "client_timeout")
+
+    def _held_client_gone(self) -> layer.CommandGenerator[None]:
+        why = "the client closed the connection"
+        self.refuse(self.context.client, self._end_held(), 0, why, "client_disconnect")
+        yield commands.CloseConnection(self.conn)
+
+    def _end_held(self) -> bytes:
+        """Stop holding: the held head's raw bytes; the connection reads nothing more."""
+        self.held = None
+        HELD.pop(self.context.client, None)
+        self.state = self.done
+        self.refused = True  # what the client still sends is discarded until it closes
+        return self._take(self.held_end)
+
     def _take(self, count: int) -> bytes:
         """The first `count` buffered bytes, removed from the buffer."""
         self.scanned = 0
@@ -249,7 +338,7 @@ class GuardedHttp1Server(Http1Server):
     def _refuse(self, raw: bytes, status: int, why: str) -> layer.CommandGenerator[None]:
         self.state = self.done
         self.refused = True
-        answer = self.refuse(self.context.client, raw, status, why)
+        answer = self.refuse(self.context.client, raw, status, why, "request_invalid")
         yield commands.SendData(self.conn, answer)
         yield from self._linger()
 
@@ -318,11 +407,16 @@ def _buffered(buf: ReceiveBuffer) -> bytearray:
 
 
 def guard_http1(
-    nextlayer: layer.NextLayer, max_head: int, refuse: RefuseHead, body_rate: tuple[int, float] = (0, 0.0)
+    nextlayer: layer.NextLayer,
+    max_head: int,
+    refuse: RefuseHead,
+    body_rate: tuple[int, float] = (0, 0.0),
+    write_timeout: float = 0.0,
 ) -> bool:
     """When mitmproxy chose its HTTP layer for an HTTP/1 client, preset the client side to
     GuardedHttp1Server (HttpLayer keeps a preset one, as for client playback), with the
-    request body's minimum pace `body_rate` (bytes/s, window in s). True if it did."""
+    request body's minimum pace `body_rate` (bytes/s, window in s) and how long a head may
+    be held behind unread responses (`write_timeout`). True if it did."""
     http_layer = nextlayer.layer
     alpn = nextlayer.context.client.alpn
     if not isinstance(http_layer, HttpLayer) or (alpn is not None and not alpn.startswith(b"http/1")):
@@ -330,5 +424,6 @@ def guard_http1(
     client = http_layer.context.client
     server = GuardedHttp1Server(http_layer.context.fork(), max_head, refuse)
     server.body_rate, server.body_window = body_rate
+    server.write_timeout = write_timeout
     http_layer.connections.setdefault(client, server)
     return True

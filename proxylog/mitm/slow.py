@@ -20,6 +20,11 @@ from proxylog.mitm.flows import state_of
 
 logger = logging.getLogger("proxylog")
 
+# Client connections whose next request head is held until they read their earlier
+# responses (GuardedHttp1Server), each with what records that head as timed out: a write
+# timeout that ends such a connection records it.
+HELD: dict[Any, Callable[[str], None]] = {}
+
 
 class BodyPace:
     """One request body as it arrives: the bytes of the current window (framing included,
@@ -85,6 +90,7 @@ class ClientGuard:
                 del self._per_ip[ip]
 
     def disconnected(self, client: Any) -> None:
+        HELD.pop(client, None)
         self.uncount(client)
         self._open.discard(client)
         self._busy.pop(client, None)
@@ -132,9 +138,11 @@ class ClientGuard:
         it was being answered recorded as `client_timeout`."""
         flow = self._busy.get(client)
         state = state_of(flow) if flow is not None else None
+        timeout = self.write_due.timeout
         if state is not None and not state.done:
-            timeout = self.write_due.timeout
             state.fail("client_timeout", f"the client did not read its response for {timeout:g} s")
+        elif client in HELD:
+            HELD.pop(client)(f"the client did not read its earlier responses for {timeout:g} s")
         connections.abort_client(client, "proxylog: response left unread")
 
     # -- bans ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ must be read), `limits.connections_per_client`, and a banned client's open conne
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 import uuid
@@ -141,21 +142,86 @@ def test_a_client_that_leaves_its_response_unread_is_closed_after_write(start_pr
     assert received < 64 * 1024 * 1024
 
 
-def test_pipelined_responses_left_unread_are_cut_after_write(start_proxylog, puma: Puma) -> None:
-    """Eight pipelined GETs of 1 MiB (under `stream_threshold`), none read: the response
-    the proxy is writing when the client's buffers are full is recorded client_timeout and
-    the connection is closed; the requests after it never reach a record."""
+def test_pipelined_requests_wait_until_the_client_reads_and_never_reach_puma(
+    start_proxylog, puma: Puma
+) -> None:
+    """Eight pipelined GETs of 1 MiB, none read: the first is answered (its response fills
+    the kernel's buffers), the second is held unforwarded until `timeouts.write` and then
+    recorded client_timeout, the connection is reset, and Puma saw only the first: a client
+    that reads nothing cannot keep more than one of its requests at Puma."""
     proxy = start_proxylog(WRITE_TIMEOUT)
+    tag = uuid.uuid4().hex
     with _connect(proxy.port, 30) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.sendall(b"GET /large?mb=1 HTTP/1.1\r\nHost: t\r\n\r\n" * 8)
+        sock.sendall(
+            b"".join(f"GET /large?mb=1&{tag}={i} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for i in range(8))
+        )
         _wait_until(lambda: any("error" in r for r in proxy.access()), timeout=20)
         received = len(read_all(sock))
-    records = proxy.access()
-    *served, cut = records
-    assert all("error" not in r for r in served) and len(records) < 8
-    assert cut["error"] == UNREAD
-    assert received < 8 * 1024 * 1024
+    served, held = proxy.access(2)
+    assert served["http"]["response"]["status_code"] == 200 and "error" not in served
+    assert held["error"] == {
+        "type": "client_timeout",
+        "message": "the client did not read its earlier responses for 1 s",
+    }
+    assert held["url"]["query"] == f"mb=1&{tag}=1"
+    assert "status_code" not in held["http"].get("response", {})
+    assert puma.seen(f"/large?mb=1&{tag}") == [f"/large?mb=1&{tag}=0"]
+    assert received < 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize("drained", [False, True], ids=["reset", "drained-then-closed"])
+def test_a_client_closing_while_its_request_is_held_is_recorded_and_frees_its_slot(
+    start_proxylog, puma: Puma, drained: bool
+) -> None:
+    """A client holding a request back (two pipelined 1 MiB GETs, the second held) closes:
+    with its responses unread (a reset), or after reading what had arrived (a FIN, then a
+    reset when the proxy sends more). The held request is recorded client_disconnect, never
+    reaches Puma, and the connection no longer counts against the client's one-connection
+    cap: the next connection is served, long before `timeouts.write`."""
+    proxy = start_proxylog({"limits": {"connections_per_client": 1}})
+    tag = uuid.uuid4().hex
+    sock = _connect(proxy.port)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(
+        b"".join(f"GET /large?mb=1&{tag}={i} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for i in range(2))
+    )
+    _wait_until(lambda: len(proxy.access()) == 1)  # the first answered, the second held
+    if drained:
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while sock.recv(65536):
+                pass
+    sock.close()
+    _wait_until(lambda: len(proxy.access()) == 2, timeout=20)
+    held = proxy.access()[1]
+    assert held["error"] == {"type": "client_disconnect", "message": "the client closed the connection"}
+    assert held["url"]["query"] == f"mb=1&{tag}=1"
+    with _connect(proxy.port) as fresh:
+        assert _get(fresh, "/after") == 200
+    assert puma.seen(f"/large?mb=1&{tag}") == [f"/large?mb=1&{tag}=0"]
+
+
+def test_pipelined_requests_held_for_a_slow_reader_go_on_as_it_reads(start_proxylog, puma: Puma) -> None:
+    """The same eight GETs from a client that reads them: each request after the first
+    is held while the response before it sits unread in the kernel's buffers, and goes on
+    as the client reads; all eight are answered in order, whole, and recorded without an
+    error."""
+    proxy = start_proxylog({"timeouts": {"write": "20s"}})
+    tag = uuid.uuid4().hex
+    with _connect(proxy.port, 30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(
+            b"".join(f"GET /large?mb=1&{tag}={i} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for i in range(8))
+        )
+        reader = sock.makefile("rb")
+        responses = [read_response(reader) for _ in range(8)]
+    assert [r.status for r in responses] == [200] * 8
+    assert all(len(r.body) == 1024 * 1024 for r in responses)
+    records = proxy.access(8)
+    assert [r["url"]["query"] for r in records] == [f"mb=1&{tag}={i}" for i in range(8)]
+    assert all("error" not in r for r in records)
+    assert puma.seen(f"/large?mb=1&{tag}") == [f"/large?mb=1&{tag}={i}" for i in range(8)]
 
 
 def test_a_banned_clients_other_connections_are_closed(start_proxylog, puma: Puma) -> None:
@@ -199,3 +265,17 @@ def test_a_ban_in_monitor_mode_closes_nothing(start_proxylog, puma: Puma) -> Non
         assert ctl(proxy, "ban", "127.0.0.1", "--ttl", "1m").returncode == 0
         time.sleep(0.5)  # what a close would take; no timing is asserted
         assert _get(sock, "/after") == 200
+
+
+def test_switching_to_enforce_closes_the_connections_of_clients_banned_in_monitor(
+    start_proxylog, puma: Puma
+) -> None:
+    """A ban made in monitor mode starts refusing when an operator switches to enforce: the
+    banned client's idle keep-alive connection is closed then, as a new ban would close it."""
+    proxy = start_proxylog({**BANS, "mode": "monitor"})
+    with _connect(proxy.port) as sock:
+        assert _get(sock, "/before") == 200
+        assert ctl(proxy, "ban", "127.0.0.1", "--ttl", "1m").returncode == 0
+        assert _get(sock, "/monitored") == 200
+        assert ctl(proxy, "mode", "enforce").returncode == 0
+        assert closed_by_peer(sock)

@@ -40,7 +40,7 @@ class Client:
         self.layer = GuardedHttp1Server(Context(self.conn, options.Options()), max_head, self.refuse)
         self.run(events.Start())
 
-    def refuse(self, client: Any, raw: bytes, status: int, why: str) -> bytes:
+    def refuse(self, client: Any, raw: bytes, status: int, why: str, error: str) -> bytes:
         self.refused.append((raw, status, why))
         return b"HTTP/1.1 %d Refused\r\nconnection: close\r\n\r\n" % status
 
