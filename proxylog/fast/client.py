@@ -130,7 +130,8 @@ class ClientConn(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self.server.write_due.disarm(self)
+        if self.held is None:  # a held request's write deadline runs until it goes on
+            self.server.write_due.disarm(self)
         if self.relay is not None:
             self.relay.client_resumed()
 
