@@ -124,7 +124,7 @@ def _log(tmp_path: Path, lines: int) -> Path:
     path = tmp_path / "access.log"
     path.write_text(
         "".join(
-            f'198.51.100.{i % 200} - - [10/Oct/2000:13:{i // 60 % 60:02d}:{i % 60:02d} +0000] '
+            f"198.51.100.{i % 200} - - [10/Oct/2000:13:{i // 60 % 60:02d}:{i % 60:02d} +0000] "
             f'"GET /p{i} HTTP/1.1" 404 12 "-" "curl/8.5.0"\n'
             for i in range(lines)
         )

@@ -18,8 +18,14 @@ from tests._http import request
 from tests.conftest import free_port
 
 RULES = [
-    {"id": "probe", "when": {"path": "^/[a-z0-9]+/secret"}, "threshold": 2, "window": "60s",
-     "action": "block", "ban": "1h"},
+    {
+        "id": "probe",
+        "when": {"path": "^/[a-z0-9]+/secret"},
+        "threshold": 2,
+        "window": "60s",
+        "action": "block",
+        "ban": "1h",
+    },
 ]
 
 
@@ -77,6 +83,8 @@ def test_every_line_of_a_live_stream_is_ecs(start_proxylog, tmp_path: Path, sche
     assert all(e["proxylog.schema_version"] == 2 and "proxylog.integrity.mac" in e for e in events)
     result = subprocess.run(
         [sys.executable, "-m", "proxylog.cli", "verify", str(chained), "--key-file", str(key)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -31,10 +31,20 @@ def test_mitmdump_has_control_metrics_state_and_sighup(tmp_path: Path, puma: Pum
     config.write_text(yaml.safe_dump(settings))
     mitmdump = Path(sys.executable).with_name("mitmdump")
     proc = subprocess.Popen(
-        [str(mitmdump), "-q", "-s", str(ROOT / "addons" / "proxylog_addon.py"),
-         "--mode", f"reverse:{puma.url}@127.0.0.1:{port}",
-         "--set", f"proxylog_config={config}", "--set", f"confdir={tmp_path / 'mitm'}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            str(mitmdump),
+            "-q",
+            "-s",
+            str(ROOT / "addons" / "proxylog_addon.py"),
+            "--mode",
+            f"reverse:{puma.url}@127.0.0.1:{port}",
+            "--set",
+            f"proxylog_config={config}",
+            "--set",
+            f"confdir={tmp_path / 'mitm'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_for_port(port)
