@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import yaml
 
 from tests._http import request
-from tests.conftest import ROOT, Puma, free_port, wait_for_port
+from tests.conftest import Puma, free_port, wait_for_port
+from tests.mitm._mitmdump import start_mitmdump
 
 
 def test_addon_under_mitmdump_writes_records(tmp_path: Path, puma: Puma) -> None:
@@ -20,23 +20,7 @@ def test_addon_under_mitmdump_writes_records(tmp_path: Path, puma: Puma) -> None
     config = tmp_path / "proxylog.yaml"
     config.write_text(yaml.safe_dump({"sinks": [{"type": "file", "path": str(records)}]}))
     port = free_port()
-    mitmdump = Path(sys.executable).with_name("mitmdump")
-    proc = subprocess.Popen(
-        [
-            str(mitmdump),
-            "-q",
-            "-s",
-            str(ROOT / "addons" / "proxylog_addon.py"),
-            "--mode",
-            f"reverse:{puma.url}@127.0.0.1:{port}",
-            "--set",
-            f"proxylog_config={config}",
-            "--set",
-            f"confdir={tmp_path / 'mitm'}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_mitmdump(tmp_path, puma.url, config, port, subprocess.DEVNULL)
     try:
         wait_for_port(port)
         url = f"http://127.0.0.1:{port}"

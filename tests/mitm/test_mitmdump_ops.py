@@ -14,7 +14,8 @@ import orjson
 import yaml
 
 from tests._http import request
-from tests.conftest import ROOT, Puma, free_port, wait_for_port
+from tests.conftest import Puma, free_port, wait_for_port
+from tests.mitm._mitmdump import start_mitmdump
 
 
 def _ctl(socket_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -29,23 +30,7 @@ def test_mitmdump_has_control_metrics_state_and_sighup(tmp_path: Path, puma: Pum
     config = tmp_path / "proxylog.yaml"
     settings = {"state_dir": str(state), "metrics": {"listen": f"127.0.0.1:{metrics_port}"}}
     config.write_text(yaml.safe_dump(settings))
-    mitmdump = Path(sys.executable).with_name("mitmdump")
-    proc = subprocess.Popen(
-        [
-            str(mitmdump),
-            "-q",
-            "-s",
-            str(ROOT / "addons" / "proxylog_addon.py"),
-            "--mode",
-            f"reverse:{puma.url}@127.0.0.1:{port}",
-            "--set",
-            f"proxylog_config={config}",
-            "--set",
-            f"confdir={tmp_path / 'mitm'}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_mitmdump(tmp_path, puma.url, config, port, subprocess.PIPE)
     try:
         wait_for_port(port)
         wait_for_port(metrics_port)
